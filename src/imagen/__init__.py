@@ -1,0 +1,1 @@
+"""Imagen ablation lab: the library behind train.py (Saharia et al., 2022, arXiv:2205.11487)."""
