@@ -1,0 +1,91 @@
+"""From a composed Hydra config to the objects of a run: encoder, LightningModule, DataModule, Trainer.
+
+train.py, the benchmark and the sampling scripts all build through here, so a config means the same thing
+everywhere. Bad values raise one-line errors here, before any data is generated or any step is taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, ThroughputMonitor
+
+from imagen.lightning.callbacks import SampleGrid
+from imagen.lightning.module import ImagenModule
+
+# The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
+MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction")
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """Flat {"unet.channels": 64, ...} of the weight-defining config (runtime-only keys left out)."""
+    flat: dict[str, Any] = {"image_size": cfg.image_size}
+    for group in MODEL_GROUPS:
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        for key, value in node.items():
+            if key not in ("path", "cache", "_partial_"):
+                flat[f"{group}.{key}"] = value
+    return flat
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Range checks of top-level values (the components check their own)."""
+    lr = cfg.optim.optimizer.lr
+    if not lr > 0:
+        raise ValueError(f"optim.optimizer.lr must be > 0, got {lr}")
+    if not 0.0 <= cfg.p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1], got {cfg.p_uncond}")
+    if cfg.image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {cfg.image_size}")
+    if not 0.0 < cfg.ema.decay < 1.0:
+        raise ValueError(f"ema.decay must be in (0, 1), got {cfg.ema.decay}")
+    if cfg.trainer.max_steps < 1:
+        raise ValueError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path} does not exist")
+
+
+def build_unet(cfg: DictConfig, text_dim: int):
+    return instantiate(cfg.unet)(image_size=cfg.image_size, text_dim=text_dim, cond=instantiate(cfg.cond))
+
+
+def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
+    text_encoder = text_encoder if text_encoder is not None else instantiate(cfg.encoder)
+    return ImagenModule(
+        unet=build_unet(cfg, text_encoder.dim),
+        text_encoder=text_encoder,
+        schedule=instantiate(cfg.schedule),
+        parameterization=instantiate(cfg.prediction),
+        optimizer=instantiate(cfg.optim.optimizer),
+        p_uncond=cfg.p_uncond,
+        warmup_steps=cfg.optim.warmup_steps,
+        total_steps=cfg.trainer.max_steps,
+        final_lr_fraction=cfg.optim.final_lr_fraction,
+        sampler=instantiate(cfg.sampler),
+        thresholding=instantiate(cfg.thresholding),
+        guidance_weight=cfg.guidance_weight,
+        image_size=cfg.image_size,
+        model_config=model_config(cfg),
+    )
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    return instantiate(cfg.data)
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = None) -> pl.Trainer:
+    run_dir = Path(run_dir)
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
+                        every_n_train_steps=cfg.checkpoint_every_n_steps, filename="step_{step:07d}",
+                        auto_insert_metric_name=False),
+        EMAWeightAveraging(decay=cfg.ema.decay),
+        SampleGrid(run_dir / "samples", per_row=cfg.sample_grid.per_prompt),
+        ThroughputMonitor(batch_size_fn=lambda batch: batch["image"].shape[0]),
+    ]
+    return instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
+                       logger=loggers if loggers else False)

@@ -1,0 +1,42 @@
+"""Lightning callbacks of the lab: the sample grid of held-out prompts written at every validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from .grid import caption_grid, save_png
+
+
+class SampleGrid(pl.Callback):
+    """Collects the validation samples (drawn with the EMA weights) and writes `samples/step_XXXXXX.png`
+    in the run directory, and logs it to every logger that can show images (W&B)."""
+
+    def __init__(self, out_dir: str, per_row: int):
+        self.out_dir, self.per_row = Path(out_dir), per_row
+        self._images: list[torch.Tensor] = []
+        self._captions: list[str] = []
+        self.last_path: Path | None = None
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._images, self._captions = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
+        self._images.append(outputs["images"])
+        self._captions.extend(outputs["captions"])
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._images or trainer.sanity_checking:
+            return
+        grid = caption_grid(torch.cat(self._images), self._captions, self.per_row)
+        meta = {"step": trainer.global_step, "guidance_weight": pl_module.guidance_weight,
+                "sampler": type(pl_module.sampler).__name__, "thresholding": type(pl_module.thresholding).__name__}
+        self.last_path = save_png(grid, self.out_dir / f"step_{trainer.global_step:06d}.png", meta)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="samples/grid", images=[grid], step=trainer.global_step)

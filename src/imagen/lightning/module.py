@@ -1,0 +1,153 @@
+"""The LightningModule of one Imagen diffusion model (base 64x64 for now; §2, App. A, F).
+
+Training step: encode captions with the frozen text encoder (§2.1), drop the condition with p_uncond for
+classifier-free guidance (§2.2), noise the image at t ~ U(0, 1) and regress the parameterisation's
+target (App. A). Validation step: sample the held-out prompts with the EMA weights (Lightning's
+EMAWeightAveraging swaps them in for validation) and return the images for the grid callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from imagen.diffusion.denoiser import GuidedDenoiser
+from imagen.diffusion.guidance import drop_condition
+from imagen.diffusion.loss import DiffusionLoss
+from imagen.diffusion.parameterization import Parameterization
+from imagen.diffusion.schedule import LogSNRSchedule
+from imagen.diffusion.thresholding import Thresholding
+
+
+class Frozen:
+    """Holds the frozen text encoder outside the module tree: not a parameter, not in the optimiser, not in
+    checkpoints, and shared (not copied) by the EMA copy of the module."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, final_lr_fraction: float = 0.0) -> Callable[[int], float]:
+    """Linear warm-up (Imagen §4.1: 10k steps) then cosine decay to final_lr_fraction of the peak at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class ImagenModule(pl.LightningModule):
+    """One text-conditional diffusion model of the cascade.
+
+    Args:
+        unet: the denoising network, net(z (B,C,H,W), t (B,), emb (B,L,D), mask (B,L)) -> (B,C,H,W).
+        text_encoder: the frozen encoder, captions -> (emb, mask).
+        schedule, parameterization: the diffusion (App. A).
+        optimizer: a partial optimiser (torch.optim.Adafactor / Adam) awaiting the parameters.
+        p_uncond: probability of dropping the text for classifier-free guidance (paper: 0.1).
+        warmup_steps, total_steps, final_lr_fraction: the learning-rate schedule.
+        sampler, thresholding, guidance_weight: what the validation grid samples with.
+        model_config: the config that defines the network's weights (checked on resume).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        text_encoder: nn.Module,
+        schedule: LogSNRSchedule,
+        parameterization: Parameterization,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        p_uncond: float = 0.1,
+        warmup_steps: int = 10_000,
+        total_steps: int = 2_500_000,
+        final_lr_fraction: float = 0.0,
+        sampler: Callable | None = None,
+        thresholding: Thresholding | None = None,
+        guidance_weight: float = 1.0,
+        image_size: int = 64,
+        model_config: dict | None = None,
+    ):
+        super().__init__()
+        if not 0.0 <= p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        if warmup_steps < 0 or total_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}")
+        self.unet = unet
+        self._text_encoder = Frozen(text_encoder)
+        self.schedule, self.parameterization = schedule, parameterization
+        self.loss_fn = DiffusionLoss(schedule, parameterization)
+        self.optimizer_factory = optimizer
+        self.p_uncond = p_uncond
+        self.warmup_steps, self.total_steps, self.final_lr_fraction = warmup_steps, total_steps, final_lr_fraction
+        self.sampler, self.thresholding, self.guidance_weight = sampler, thresholding, guidance_weight
+        self.image_size = image_size
+        self.model_config = model_config or {}
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return self._text_encoder.module
+
+    def setup(self, stage: str) -> None:
+        self.text_encoder.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self.text_encoder.to(self.device)
+
+    def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        emb, mask = self.text_encoder(captions)  # (B, L, D), (B, L)
+        return emb.to(self.device), mask.to(self.device)
+
+    # ---------------------------------------------------------------- training (App. A, §2.2)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x = batch["image"]  # (B, 3, H, W) in [-1, 1]
+        emb, mask = drop_condition(*self.encode(batch["caption"]), self.p_uncond)
+        loss = self.loss_fn(lambda z_t, t: self.unet(z_t, t, emb, mask), x)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.unet.parameters())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps, self.final_lr_fraction))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- sampling (§2.2, §2.3)
+    @torch.no_grad()
+    def sample(self, captions: list[str], guidance_weight: float | None = None, sampler=None, thresholding=None,
+               seed: int = 0) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for the captions; deterministic given the seed."""
+        emb, mask = self.encode(captions)
+        denoiser = GuidedDenoiser(self.unet, self.schedule, self.parameterization, emb, mask,
+                                  self.guidance_weight if guidance_weight is None else guidance_weight,
+                                  thresholding or self.thresholding)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        z = torch.randn(len(captions), 3, self.image_size, self.image_size, device=self.device, generator=g)
+        return (sampler or self.sampler)(denoiser, self.schedule, z, g).clamp(-1, 1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        images = self.sample(batch["caption"], seed=batch_idx)
+        return {"images": images.cpu(), "captions": list(batch["caption"])}
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["imagen_model_config"] = self.model_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("imagen_model_config", {})
+        differ = sorted(k for k in set(saved) | set(self.model_config) if saved.get(k) != self.model_config.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {self.model_config.get(k)!r}" for k in differ)
+            raise ValueError(f"the checkpoint's model config differs from this run's in {detail}")

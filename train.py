@@ -1,0 +1,24 @@
+"""Minimal training script: compose the Hydra config, build the run, fit.
+
+    python train.py                                   # tiny model on the shapes world, CPU, offline
+    python train.py encoder=t5_xxl cond=cross_attn    # swap an ablation axis
+    python train.py -m experiment=NAME seed=0,1,2     # a sweep
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from imagen.run import run
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
