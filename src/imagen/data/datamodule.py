@@ -1,0 +1,236 @@
+"""LightningDataModules: the synthetic shapes world and real webdataset (LAION / img2dataset) shards.
+
+Both read through :func:`imagen.data.pipeline.make_pipeline`, expose ``resolution`` and ``eval_prompts()``
+(the captions the sampling callback renders), and yield batches
+``{"image": (B, 3, R, R) in [-1, 1], "caption": [str], "key": [str], "meta": [dict | None]}``.
+
+The training loader is infinite (see :mod:`imagen.data.pipeline`): drive the Trainer with ``max_steps``
+and, for validation, an integer ``val_check_interval`` with ``check_val_every_n_epoch=None``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from .pipeline import collate_samples, make_pipeline
+from .shapes import ShapesWorld
+from .shards import ensure_shards, load_cached_shards, split_dir
+
+__all__ = ["DEFAULT_WEB_EVAL_PROMPTS", "ShapesDataModule", "WebDataModule"]
+
+DEFAULT_WEB_EVAL_PROMPTS: tuple[str, ...] = (
+    "a red circle and a blue square",
+    "a photo of a corgi sitting on a beach",
+    "a bowl of fruit on a wooden table",
+    "an oil painting of a lighthouse at sunset",
+    "a green bicycle leaning against a brick wall",
+    "three yellow balloons in a blue sky",
+)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _loader(dataset: Any, batch_size: int, num_workers: int, training: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        persistent_workers=num_workers > 0,
+        drop_last=training,  # constant batch shapes for training; keep every val sample
+    )
+
+
+class ShapesDataModule(pl.LightningDataModule):
+    """Shapes-world shards generated (and cached) under ``root``, read with the webdataset pipeline.
+
+    Args:
+        world: a :class:`ShapesWorld`, or a mapping / DictConfig of its kwargs (None -> defaults).
+        root: cache directory; splits live in ``root/{train,val}-<fingerprint[:12]>``.
+        n_train / n_val: number of generated training / validation samples (n_val may be 0).
+        samples_per_shard: samples per tar shard.
+        batch_size / num_workers: DataLoader settings (persistent workers when num_workers > 0).
+        seed: generation seed (train and val use independent streams) and shuffling seed.
+        shuffle_buffer: training sample shuffle buffer.
+        gen_procs: processes used to generate shards in ``prepare_data``.
+    """
+
+    def __init__(
+        self,
+        world: ShapesWorld | Any = None,
+        root: str = "data/shapes",
+        n_train: int = 20000,
+        n_val: int = 512,
+        samples_per_shard: int = 1000,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        gen_procs: int = 1,
+    ) -> None:
+        super().__init__()
+        self.world = ShapesWorld.from_config(world)
+        self.root = Path(root)
+        self.n_train = _check_int("n_train", n_train, 1)
+        self.n_val = _check_int("n_val", n_val, 0)
+        self.samples_per_shard = _check_int("samples_per_shard", samples_per_shard, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.seed = _check_int("seed", seed, 0)
+        self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
+        self.gen_procs = _check_int("gen_procs", gen_procs, 1)
+        self.resolution = self.world.resolution
+        self.save_hyperparameters(
+            {
+                "world": self.world.to_config(),
+                "root": str(root),
+                "n_train": n_train,
+                "n_val": n_val,
+                "samples_per_shard": samples_per_shard,
+                "batch_size": batch_size,
+                "num_workers": num_workers,
+                "seed": seed,
+                "shuffle_buffer": shuffle_buffer,
+            }
+        )
+        self.train_pipeline: Any = None
+        self.val_pipeline: Any = None
+
+    def _splits(self) -> list[tuple[str, int]]:
+        return [("train", self.n_train)] + ([("val", self.n_val)] if self.n_val > 0 else [])
+
+    def _dir(self, split: str, n: int) -> Path:
+        return split_dir(self.world, self.root, n, self.samples_per_shard, self.seed, split)
+
+    def prepare_data(self) -> None:
+        """Generate (or reuse cached) train/val shards. Lightning calls this on local rank 0 only."""
+        for split, n in self._splits():
+            ensure_shards(self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, num_proc=self.gen_procs)
+
+    def shard_paths(self, split: str) -> list[str]:
+        """Cached shard paths of ``split``; generates them when not running distributed, else raises."""
+        n = dict(self._splits()).get(split)
+        if n is None:
+            return []
+        paths = load_cached_shards(self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, verify=False)
+        if paths is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                raise FileNotFoundError(f"no valid {split} shards in {self._dir(split, n)}; prepare_data() must run first")
+            self.prepare_data()
+            paths = load_cached_shards(self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, verify=False)
+        assert paths is not None
+        return paths
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train (infinite, shuffled) and val (one ordered pass) pipelines."""
+        self.train_pipeline = make_pipeline(
+            self.shard_paths("train"), self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed
+        )
+        val = self.shard_paths("val")
+        self.val_pipeline = make_pipeline(val, self.resolution, training=False) if val else None
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_pipeline is None:
+            self.setup("fit")
+        return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """One pass over the val shards; an empty list (no validation) when n_val == 0."""
+        if self.train_pipeline is None:
+            self.setup("validate")
+        if self.val_pipeline is None:
+            return []
+        return _loader(self.val_pipeline, self.batch_size, self.num_workers, training=False)
+
+    def eval_prompts(self) -> list[str]:
+        """Held-out evaluation prompts (never in training) for the sampling callback."""
+        return self.world.eval_captions()
+
+    def eval_prompt_meta(self) -> list[dict[str, Any]]:
+        """The same prompts with their ground truth: ``[{"caption", "category", "constraints"}]``."""
+        return self.world.eval_prompts()
+
+
+class WebDataModule(pl.LightningDataModule):
+    """Real image-text shards (img2dataset layout: KEY.jpg/png/webp + KEY.txt [+ KEY.json]).
+
+    Args:
+        urls: training shards: a list, a brace pattern ("/data/laion-{00000..00099}.tar"), ``pipe:`` or
+            http(s) URLs. Local paths are checked in ``setup()`` (FileNotFoundError naming the path).
+        resolution: output side in pixels (shorter side resized, centre crop).
+        batch_size / num_workers / shuffle_buffer / seed: loader and shuffling settings.
+        eval_prompts: prompts for the sampling callback (default: :data:`DEFAULT_WEB_EVAL_PROMPTS`).
+        val_urls: optional validation shards (one ordered pass); None -> no validation.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        resolution: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        eval_prompts: Sequence[str] | None = None,
+        val_urls: str | Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("urls must name at least one shard (a path, brace pattern, pipe: or http URL)")
+        self.urls = urls if isinstance(urls, str) else [str(u) for u in urls]
+        self.val_urls = val_urls if (val_urls is None or isinstance(val_urls, str)) else [str(u) for u in val_urls]
+        self.resolution = _check_int("resolution", resolution, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
+        self.seed = _check_int("seed", seed, 0)
+        prompts = list(DEFAULT_WEB_EVAL_PROMPTS if eval_prompts is None else eval_prompts)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"eval_prompts must be a non-empty list of non-empty strings, got {prompts!r}")
+        self._eval_prompts = [str(p) for p in prompts]
+        self.save_hyperparameters(
+            {
+                "urls": self.urls,
+                "resolution": resolution,
+                "batch_size": batch_size,
+                "num_workers": num_workers,
+                "shuffle_buffer": shuffle_buffer,
+                "seed": seed,
+                "val_urls": self.val_urls,
+            }
+        )
+        self.train_pipeline: Any = None
+        self.val_pipeline: Any = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Expand and check the shard lists, build the pipelines."""
+        self.train_pipeline = make_pipeline(
+            self.urls, self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed
+        )
+        self.val_pipeline = make_pipeline(self.val_urls, self.resolution, training=False) if self.val_urls else None
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_pipeline is None:
+            self.setup("fit")
+        return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """One pass over ``val_urls``; an empty list (no validation) when none were given."""
+        if self.train_pipeline is None:
+            self.setup("validate")
+        if self.val_pipeline is None:
+            return []
+        return _loader(self.val_pipeline, self.batch_size, self.num_workers, training=False)
+
+    def eval_prompts(self) -> list[str]:
+        """Prompts for the sampling callback."""
+        return list(self._eval_prompts)

@@ -1,0 +1,398 @@
+"""The one webdataset reading pipeline, for shapes shards and real LAION / img2dataset shards.
+
+Stages (a ``wds.DataPipeline``, i.e. a torch ``IterableDataset``)::
+
+    ShardList -> split_by_node -> split_by_worker -> tarfile_to_samples(select_files=wanted members)
+              -> CountUsable -> [BufferShuffle (training)] -> DecodeSamples (PIL / utf-8 / json, resize + crop)
+
+Each sample out: ``{"image": Tensor(3, H, W) in [-1, 1], "caption": str, "key": str, "meta": dict | None}``;
+:func:`collate_samples` batches them.
+
+Security: only members with extension png/jpg/jpeg/webp/txt/json are ever read from the tar (the
+``select_files`` predicate runs before a member's bytes are read), and they are decoded by hand -- no
+webdataset default decoders, so ``.pyd``/``.pickle``/``.pth`` members are never unpickled.
+
+Corrupt samples (undecodable image, missing image or caption, non-utf-8 caption, unreadable shard) are
+skipped and counted in ``pipeline.skipped`` (a :class:`SkipCounter` shared with dataloader workers via
+shared memory); the first skip in each process is logged as a warning naming the key and shard.
+
+Iteration (the Lightning-friendly choice): with ``training=True`` the shard list repeats forever, reshuffled
+each epoch with a seed derived from (seed, epoch), so the pipeline is an *infinite* IterableDataset. A
+Lightning ``Trainer(max_steps=...)`` just works: the single "epoch" never ends and training stops at
+``max_steps``. For periodic validation use an integer ``val_check_interval`` with
+``check_val_every_n_epoch=None``; epoch-end hooks never fire. Alternatively ``epoch_samples=n`` applies
+``.with_epoch(n)``: each worker then yields ``n`` samples per epoch and continues where it stopped in the
+next epoch (with ``persistent_workers=True`` or ``num_workers=0``). With ``training=False`` there is one
+ordered pass over the shards (no shuffling). Every stage is splittable: shards are split across DDP ranks
+and then dataloader workers; a worker or rank with no shard simply yields nothing (no empty check), so
+3 workers over 2 shards is fine. In infinite mode every worker gets shards, as the repeated list is split.
+No flips or other augmentations: they would break left/right captions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import random
+import re
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset
+
+__all__ = [
+    "IMAGE_EXTS",
+    "SkipCounter",
+    "collate_samples",
+    "expand_urls",
+    "make_pipeline",
+    "resize_center_crop",
+    "to_tensor",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
+TEXT_EXTS: tuple[str, ...] = ("txt",)
+META_EXTS: tuple[str, ...] = ("json",)
+WANTED_EXTS = frozenset(IMAGE_EXTS + TEXT_EXTS + META_EXTS)
+_REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # pipe:, http:, https:, s3:, gs:, ...
+
+
+# ------------------------------------------------------------------------------------------ urls
+
+
+def expand_urls(urls: str | Sequence[str], check_local: bool = True) -> list[str]:
+    """Brace-expand shard specs (``"/data/shard-{000..009}.tar"``, ``"a.tar::b.tar"`` or a list).
+
+    With ``check_local``, every local path (no scheme, or ``file:``) must exist, else FileNotFoundError.
+    """
+    if isinstance(urls, (str, os.PathLike)):
+        specs = str(urls).split("::")
+    else:
+        specs = [str(u) for u in urls]
+    out: list[str] = []
+    for spec in specs:
+        if spec.strip():
+            out.extend(braceexpand.braceexpand(spec.strip()))
+    if not out:
+        raise ValueError(f"no shard URLs given (urls={urls!r})")
+    if check_local:
+        missing = []
+        for url in out:
+            path = url[len("file:"):] if url.startswith("file:") else (None if _REMOTE.match(url) else url)
+            if path is not None and not os.path.isfile(path):
+                missing.append(path)
+        if missing:
+            more = f" (and {len(missing) - 1} more of {len(out)} shards missing)" if len(missing) > 1 else ""
+            raise FileNotFoundError(f"webdataset shard not found: {missing[0]}{more}")
+    return out
+
+
+class ShardList(IterableDataset):
+    """Yields ``{"url": ...}`` dicts; repeats forever (reshuffling per epoch) when ``repeat``.
+
+    The order is the same in every rank and worker (seeded by seed and epoch only), so the node and worker
+    splitters that follow hand out disjoint shards. ``self.epoch`` persists across ``iter()`` calls, so a
+    re-created iterator continues with the next epoch instead of replaying the first. When repeating with a
+    ``counter``, many consecutive epochs without a single usable raw sample (image + txt member) in this
+    process raise RuntimeError (e.g. shards whose members all have unexpected extensions) instead of
+    spinning forever; undecodable images are caught by the counter's consecutive-failure guard.
+    """
+
+    def __init__(
+        self, urls: Sequence[str], shuffle: bool, seed: int, repeat: bool, counter: "SkipCounter | None" = None
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("ShardList needs at least one shard URL")
+        self.urls, self.shuffle, self.seed, self.repeat, self.counter = list(urls), shuffle, seed, repeat, counter
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        _, world_size, _, num_workers = wds.utils.pytorch_worker_info()
+        patience = world_size * num_workers + 2  # a consumer may legitimately get no shard for a few epochs
+        empty_epochs = 0
+        while True:
+            order = list(self.urls)
+            if self.shuffle:
+                random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(order)
+            self.epoch += 1
+            usable_before = self.counter.usable if self.counter is not None else 0
+            for url in order:
+                yield {"url": url}
+            if not self.repeat:
+                return
+            if self.counter is not None:
+                empty_epochs = empty_epochs + 1 if self.counter.usable == usable_before else 0
+                if empty_epochs > patience:
+                    raise RuntimeError(
+                        f"{empty_epochs} passes over {len(self.urls)} shards yielded no usable sample "
+                        f"(skipped: {self.counter.as_dict()}); check the shards, e.g. {self.urls[0]}"
+                    )
+
+
+# -------------------------------------------------------------------------------------- counter
+
+
+class SkipCounter:
+    """Counts skipped samples by reason; shared with dataloader workers through shared memory.
+
+    ``counter["bad_image"]``, ``counter.total``, ``counter.as_dict()``. Copies made outside process spawning
+    (``copy.deepcopy``, pickling to disk) become independent counters starting from the current counts.
+    ``max_consecutive`` failures in a row without a good sample (in one process) raise RuntimeError, so
+    an infinite training pipeline over broken shards fails loudly instead of spinning forever.
+    """
+
+    REASONS: tuple[str, ...] = ("bad_image", "missing_image", "missing_caption", "bad_caption", "bad_meta", "shard_error")
+
+    def __init__(self, initial: dict[str, int] | None = None, max_consecutive: int = 1000) -> None:
+        initial = initial or {}
+        # a spawn-context lock can be handed to fork, spawn and forkserver dataloader workers alike
+        ctx = multiprocessing.get_context("spawn")
+        self._values = {r: ctx.Value("q", int(initial.get(r, 0))) for r in self.REASONS}
+        self.max_consecutive = max_consecutive
+        self._warned, self._consecutive, self.usable = False, 0, 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"max_consecutive": self.max_consecutive}
+        if multiprocessing.context.get_spawning_popen() is not None:  # handing to a worker: share memory
+            return {**state, "values": self._values}
+        return {**state, "initial": self.as_dict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "values" in state:
+            self._values, self.max_consecutive = state["values"], state["max_consecutive"]
+            self._warned, self._consecutive, self.usable = False, 0, 0
+        else:
+            self.__init__(state["initial"], state["max_consecutive"])
+
+    def ok(self) -> None:
+        """Record a successfully decoded sample (resets the consecutive-failure guard)."""
+        self._consecutive = 0
+
+    def add(self, reason: str, key: str | None = None, url: str | None = None, error: BaseException | None = None) -> None:
+        """Count one skip; log the first one in this process as a warning (later ones at debug level)."""
+        value = self._values[reason]
+        with value.get_lock():
+            value.value += 1
+        if reason != "bad_meta":
+            self._consecutive += 1
+            if self._consecutive >= self.max_consecutive:
+                raise RuntimeError(
+                    f"{self._consecutive} consecutive samples/shards failed to load (last: {reason} for key {key!r} "
+                    f"in {url!r}); check the shards"
+                )
+        msg = "skipping sample %r in shard %r: %s%s"
+        args = (key, url, reason, f" ({type(error).__name__}: {error})" if error is not None else "")
+        if not self._warned:
+            self._warned = True
+            log.warning(msg + " -- further skips are counted in pipeline.skipped without warnings", *args)
+        else:
+            log.debug(msg, *args)
+
+    def handle_shard_error(self, exn: BaseException) -> bool:
+        """webdataset exception handler: count, warn once, continue with the next shard/member."""
+        self.add("shard_error", url=str(exn.args[-1]) if exn.args else None, error=exn)
+        return True
+
+    def __getitem__(self, reason: str) -> int:
+        return int(self._values[reason].value)
+
+    @property
+    def total(self) -> int:
+        return sum(self[r] for r in self.REASONS)
+
+    def as_dict(self) -> dict[str, int]:
+        return {r: self[r] for r in self.REASONS}
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.as_dict()})"
+
+
+# ------------------------------------------------------------------------------------ transforms
+
+
+def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize so the shorter side is ``resolution`` (bicubic, antialiased) and centre-crop a square."""
+    w, h = img.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    if (nw, nh) != (resolution, resolution):
+        img = img.crop((left, top, left + resolution, top + resolution))
+    return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB (H, W) -> float32 tensor (3, H, W) in [-1, 1]."""
+    arr = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert to RGB, compositing transparent images onto white (not black)."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _wanted_member(fname: str) -> bool:
+    """select_files predicate: keep only image/txt/json members (checked before any bytes are read)."""
+    base = fname.rsplit("/", 1)[-1]
+    return "." in base and base.split(".", 1)[1].lower() in WANTED_EXTS
+
+
+class DecodeSamples:
+    """Pipeline stage: raw member bytes -> {"image", "caption", "key", "meta"}; skips and counts bad ones."""
+
+    def __init__(self, resolution: int, counter: SkipCounter) -> None:
+        self.resolution, self.counter = resolution, counter
+
+    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for raw in src:
+            out = self.decode(raw)
+            if out is not None:
+                yield out
+
+    def decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        key, url = raw.get("__key__"), raw.get("__url__")
+        ext = next((e for e in IMAGE_EXTS if e in raw), None)
+        if ext is None:
+            self.counter.add("missing_image", key, url)
+            return None
+        if "txt" not in raw:
+            self.counter.add("missing_caption", key, url)
+            return None
+        try:
+            caption = raw["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            self.counter.add("bad_caption", key, url, e)
+            return None
+        try:
+            with Image.open(io.BytesIO(raw[ext])) as im:
+                im.load()
+                img = _to_rgb(im)
+            image = to_tensor(resize_center_crop(img, self.resolution))  # (3, R, R)
+        except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
+            self.counter.add("bad_image", key, url, e)
+            return None
+        meta = None
+        if "json" in raw:
+            try:
+                meta = json.loads(raw["json"].decode("utf-8"))
+            except ValueError as e:  # keep the sample: the caption and image are fine
+                self.counter.add("bad_meta", key, url, e)
+        self.counter.ok()
+        return {"image": image, "caption": caption, "key": str(key), "meta": meta}
+
+
+class CountUsable:
+    """Pipeline stage: pass raw samples through, counting (per process) those with an image and a caption."""
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for raw in src:
+            if "txt" in raw and any(e in raw for e in IMAGE_EXTS):
+                self.counter.usable += 1
+            yield raw
+
+
+class BufferShuffle:
+    """Pipeline stage: shuffle buffer seeded by (seed, rank, worker, run); reproducible per worker."""
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed, self.runs = bufsize, seed, 0
+
+    def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        self.runs += 1
+        rng = random.Random(f"samples:{self.seed}:{rank}:{worker}:{self.runs}")
+        buf: list[Any] = []
+        for item in src:
+            buf.append(item)
+            if len(buf) >= self.bufsize:
+                i = rng.randrange(len(buf))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+        rng.shuffle(buf)
+        yield from buf
+
+
+# -------------------------------------------------------------------------------------- pipeline
+
+
+def make_pipeline(
+    urls: str | Sequence[str],
+    resolution: int,
+    *,
+    training: bool = True,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+    shard_shuffle: bool | None = None,
+    epoch_samples: int | None = None,
+    check_local: bool = True,
+    node_splitter: Callable[[Iterable[Any]], Iterable[Any]] | None = wds.split_by_node,
+    worker_splitter: Callable[[Iterable[Any]], Iterable[Any]] | None = wds.split_by_worker,
+) -> wds.DataPipeline:
+    """Build the reading pipeline -> ``wds.DataPipeline`` (an IterableDataset) with ``.skipped`` and ``.urls``.
+
+    Args:
+        urls: list of paths/URLs, a brace pattern, ``::``-separated specs, ``pipe:`` or http(s) URLs.
+        resolution: output side in pixels (shorter side resized, then centre crop).
+        training: infinite, shuffled iteration (True) or one ordered pass (False).
+        shuffle_buffer: sample shuffle buffer size for training (0 or 1 disables).
+        seed: shard-order and buffer seed.
+        shard_shuffle: shuffle shard order per epoch; defaults to ``training``.
+        epoch_samples: if set, ``.with_epoch(epoch_samples)`` (samples per worker per epoch).
+        check_local: raise FileNotFoundError for missing local shards now, not mid-training.
+        node_splitter / worker_splitter: shard splitting across DDP ranks / dataloader workers.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+        raise ValueError(f"shuffle_buffer must be an integer >= 0, got {shuffle_buffer!r}")
+    if epoch_samples is not None and (not isinstance(epoch_samples, int) or epoch_samples < 1):
+        raise ValueError(f"epoch_samples must be None or an integer >= 1, got {epoch_samples!r}")
+    shard_urls = expand_urls(urls, check_local=check_local)
+    counter = SkipCounter()
+    shard_shuffle = training if shard_shuffle is None else shard_shuffle
+    stages: list[Any] = [ShardList(shard_urls, shuffle=shard_shuffle, seed=seed, repeat=training, counter=counter)]
+    stages += [s for s in (node_splitter, worker_splitter) if s is not None]
+    stages.append(wds.tarfile_to_samples(handler=counter.handle_shard_error, select_files=_wanted_member))
+    stages.append(CountUsable(counter))
+    if training and shuffle_buffer > 1:
+        stages.append(BufferShuffle(shuffle_buffer, seed))
+    stages.append(DecodeSamples(resolution, counter))
+    pipeline = wds.DataPipeline(*stages)
+    if epoch_samples is not None:
+        pipeline = pipeline.with_epoch(epoch_samples)
+    pipeline.skipped = counter
+    pipeline.urls = shard_urls
+    return pipeline
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """List of pipeline samples -> {"image": (B, 3, H, W), "caption": [str], "key": [str], "meta": [dict|None]}."""
+    if not samples:
+        raise ValueError("collate_samples got an empty batch")
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+        "key": [s["key"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+    }
