@@ -389,6 +389,13 @@ def test_ddp_ranks_get_disjoint_shards(shards, monkeypatch):
     keys0, urls0, keys1, urls1 = seen
     assert not set(keys0) & set(keys1) and len(keys0) + len(keys1) == 40
     assert sorted(urls0 + urls1) == sorted(four)  # the infinite stream also splits the epoch disjointly
+    # rank captured at construction is used where the iterating process sees no distributed setup
+    # (e.g. spawn-started dataloader workers)
+    monkeypatch.setenv("RANK", "1")
+    pipe = make_pipeline(shards, 32, training=False)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert [s["key"] for s in pipe] == keys1
 
 
 def test_resize_center_crop_non_square():

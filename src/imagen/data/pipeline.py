@@ -32,6 +32,7 @@ No flips or other augmentations: they would break left/right captions.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import multiprocessing
@@ -50,6 +51,8 @@ from torch.utils.data import IterableDataset
 
 __all__ = [
     "IMAGE_EXTS",
+    "NodeSplit",
+    "ShardList",
     "SkipCounter",
     "collate_samples",
     "expand_urls",
@@ -299,6 +302,27 @@ class DecodeSamples:
         return {"image": image, "caption": caption, "key": str(key), "meta": meta}
 
 
+class NodeSplit:
+    """``wds.split_by_node`` that also works in spawn-started dataloader workers.
+
+    Rank and world size are read when iterating (env ``RANK``/``WORLD_SIZE`` or torch.distributed); if the
+    iterating process sees no distributed setup (a spawned worker), the values captured at construction
+    time (``setup()`` runs after the process group exists) are used instead.
+    """
+
+    def __init__(self) -> None:
+        self.rank, self.world_size, _, _ = wds.utils.pytorch_worker_info()
+
+    def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
+        rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+        if world_size <= 1:
+            rank, world_size = self.rank, self.world_size
+        if world_size > 1:
+            yield from itertools.islice(src, rank, None, world_size)
+        else:
+            yield from src
+
+
 class CountUsable:
     """Pipeline stage: pass raw samples through, counting (per process) those with an image and a caption."""
 
@@ -346,7 +370,7 @@ def make_pipeline(
     shard_shuffle: bool | None = None,
     epoch_samples: int | None = None,
     check_local: bool = True,
-    node_splitter: Callable[[Iterable[Any]], Iterable[Any]] | None = wds.split_by_node,
+    node_splitter: Callable[[Iterable[Any]], Iterable[Any]] | str | None = "auto",
     worker_splitter: Callable[[Iterable[Any]], Iterable[Any]] | None = wds.split_by_worker,
 ) -> wds.DataPipeline:
     """Build the reading pipeline -> ``wds.DataPipeline`` (an IterableDataset) with ``.skipped`` and ``.urls``.
@@ -360,7 +384,8 @@ def make_pipeline(
         shard_shuffle: shuffle shard order per epoch; defaults to ``training``.
         epoch_samples: if set, ``.with_epoch(epoch_samples)`` (samples per worker per epoch).
         check_local: raise FileNotFoundError for missing local shards now, not mid-training.
-        node_splitter / worker_splitter: shard splitting across DDP ranks / dataloader workers.
+        node_splitter / worker_splitter: shard splitting across DDP ranks / dataloader workers; "auto" is
+            :class:`NodeSplit`, None disables splitting.
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
@@ -372,6 +397,8 @@ def make_pipeline(
     counter = SkipCounter()
     shard_shuffle = training if shard_shuffle is None else shard_shuffle
     stages: list[Any] = [ShardList(shard_urls, shuffle=shard_shuffle, seed=seed, repeat=training, counter=counter)]
+    if node_splitter == "auto":
+        node_splitter = NodeSplit()
     stages += [s for s in (node_splitter, worker_splitter) if s is not None]
     stages.append(wds.tarfile_to_samples(handler=counter.handle_shard_error, select_files=_wanted_member))
     stages.append(CountUsable(counter))

@@ -416,7 +416,8 @@ class ShapesWorld:
             "blue square"]``, never stated by a training caption nor true in a training image (the inverse
             statement "blue square right_of red circle" is excluded too).
         holdout_captions: exact caption strings (compared after :func:`normalize_caption`) never produced.
-        n_eval: size of the fixed held-out evaluation prompt set (see :meth:`eval_prompts`).
+        n_eval: size of the fixed held-out evaluation prompt set (see :meth:`eval_prompts`); all held-out
+            captions/pairs/relations are always included, so the set can be larger (or smaller in tiny worlds).
         supersample: render at this multiple of ``resolution`` and downsample with LANCZOS.
     """
 
