@@ -427,7 +427,9 @@ def test_shapes_datamodule(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 3, 32, 32) and len(batch["caption"]) == 8
     assert set(batch["caption"]).isdisjoint(dm.eval_prompts())
-    assert sum(len(b["key"]) for b in dm.val_dataloader()) == 10
+    assert sum(1 for _ in dm.val_pipeline) == 10
+    (val_batch,) = list(dm.val_dataloader())  # the grid's prompts, each repeated eval_repeats (4) times
+    assert val_batch["caption"] == [p for p in dm.eval_prompts() for _ in range(4)]
     assert len(dm.eval_prompt_meta()) == 4
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         ShapesDataModule(root=str(tmp_path), batch_size=0)

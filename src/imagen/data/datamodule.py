@@ -39,6 +39,16 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def prompt_loader(prompts: Sequence[str], repeats: int) -> DataLoader:
+    """One batch of every prompt, each repeated: {"caption": [p1] * repeats + [p2] * repeats + ...}."""
+    batch = {"caption": [p for p in prompts for _ in range(repeats)]}
+    return DataLoader([batch], batch_size=None, collate_fn=_identity)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
 def _loader(dataset: Any, batch_size: int, num_workers: int, training: bool) -> DataLoader:
     return DataLoader(
         dataset,
@@ -62,6 +72,7 @@ class ShapesDataModule(pl.LightningDataModule):
         seed: generation seed (train and val use independent streams) and shuffling seed.
         shuffle_buffer: training sample shuffle buffer.
         gen_procs: processes used to generate shards in ``prepare_data``.
+        eval_repeats: images per eval prompt in the validation sample grid.
     """
 
     def __init__(
@@ -76,6 +87,7 @@ class ShapesDataModule(pl.LightningDataModule):
         seed: int = 0,
         shuffle_buffer: int = 1000,
         gen_procs: int = 1,
+        eval_repeats: int = 4,
     ) -> None:
         super().__init__()
         self.world = ShapesWorld.from_config(world)
@@ -88,6 +100,7 @@ class ShapesDataModule(pl.LightningDataModule):
         self.seed = _check_int("seed", seed, 0)
         self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
         self.gen_procs = _check_int("gen_procs", gen_procs, 1)
+        self.eval_repeats = _check_int("eval_repeats", eval_repeats, 1)
         self.resolution = self.world.resolution
         self.save_hyperparameters(
             {
@@ -143,13 +156,10 @@ class ShapesDataModule(pl.LightningDataModule):
             self.setup("fit")
         return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """One pass over the val shards; an empty list (no validation) when n_val == 0."""
-        if self.train_pipeline is None:
-            self.setup("validate")
-        if self.val_pipeline is None:
-            return []
-        return _loader(self.val_pipeline, self.batch_size, self.num_workers, training=False)
+    def val_dataloader(self) -> DataLoader:
+        """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
+        (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
+        return prompt_loader(self.eval_prompts(), self.eval_repeats)
 
     def eval_prompts(self) -> list[str]:
         """Held-out evaluation prompts (never in training) for the sampling callback."""
@@ -169,6 +179,7 @@ class WebDataModule(pl.LightningDataModule):
         resolution: output side in pixels (shorter side resized, centre crop).
         batch_size / num_workers / shuffle_buffer / seed: loader and shuffling settings.
         eval_prompts: prompts for the sampling callback (default: :data:`DEFAULT_WEB_EVAL_PROMPTS`).
+        eval_repeats: images per eval prompt in the validation sample grid.
         val_urls: optional validation shards (one ordered pass); None -> no validation.
     """
 
@@ -182,6 +193,7 @@ class WebDataModule(pl.LightningDataModule):
         seed: int = 0,
         eval_prompts: Sequence[str] | None = None,
         val_urls: str | Sequence[str] | None = None,
+        eval_repeats: int = 4,
     ) -> None:
         super().__init__()
         if not urls:
@@ -193,6 +205,7 @@ class WebDataModule(pl.LightningDataModule):
         self.num_workers = _check_int("num_workers", num_workers, 0)
         self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
         self.seed = _check_int("seed", seed, 0)
+        self.eval_repeats = _check_int("eval_repeats", eval_repeats, 1)
         prompts = list(DEFAULT_WEB_EVAL_PROMPTS if eval_prompts is None else eval_prompts)
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError(f"eval_prompts must be a non-empty list of non-empty strings, got {prompts!r}")
@@ -223,13 +236,10 @@ class WebDataModule(pl.LightningDataModule):
             self.setup("fit")
         return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """One pass over ``val_urls``; an empty list (no validation) when none were given."""
-        if self.train_pipeline is None:
-            self.setup("validate")
-        if self.val_pipeline is None:
-            return []
-        return _loader(self.val_pipeline, self.batch_size, self.num_workers, training=False)
+    def val_dataloader(self) -> DataLoader:
+        """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
+        (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
+        return prompt_loader(self.eval_prompts(), self.eval_repeats)
 
     def eval_prompts(self) -> list[str]:
         """Prompts for the sampling callback."""

@@ -109,10 +109,14 @@ class ImagenModule(pl.LightningModule):
         return emb.to(self.device), mask.to(self.device)
 
     # ---------------------------------------------------------------- training (App. A, §2.2)
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The diffusion loss of a batch {"image": (B, 3, H, W) in [-1, 1], "caption": list[str]}."""
+        emb, mask = drop_condition(*self.encode(batch["caption"]), self.p_uncond)
+        return self.loss_fn(lambda z_t, t: self.unet(z_t, t, emb, mask), batch["image"])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x = batch["image"]  # (B, 3, H, W) in [-1, 1]
-        emb, mask = drop_condition(*self.encode(batch["caption"]), self.p_uncond)
-        loss = self.loss_fn(lambda z_t, t: self.unet(z_t, t, emb, mask), x)
+        loss = self.compute_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
