@@ -1,0 +1,48 @@
+"""Noise-level (timestep) embedding of the base U-Net (Saharia et al. 2022, App. F.1).
+
+Imagen's base model is ADM-style (Dhariwal & Nichol 2021): the diffusion time is embedded with
+transformer sinusoids and an MLP, and the result (plus the pooled text vector, §2.3) modulates
+every residual block via scale-shift normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Transformer sinusoidal features of a (continuous) scalar per sample.
+
+    t: (B,) float; returns (B, dim) = [cos(t * w_i), sin(t * w_i)] with geometric frequencies w_i.
+    An odd `dim` is padded with one zero column.
+    """
+    half = dim // 2
+    t = t.to(torch.promote_types(t.dtype, torch.float32))  # at least float32 (float64 stays float64)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
+    args = t[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2*half)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """Continuous time t in [0, 1] -> (B, embed_dim) conditioning vector (App. F.1, ADM `time_embed`).
+
+    The sinusoid is taken of `scale * t` (default 1000 * t) so that the frequencies match those an
+    ADM trained on 1000 discrete steps would see.
+    """
+
+    def __init__(self, channels: int, embed_dim: int, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.scale = scale
+        self.mlp = nn.Sequential(nn.Linear(channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        # t (B,) -> (B, E)
+        features = sinusoidal_embedding(self.scale * t, self.channels)  # (B, channels)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))

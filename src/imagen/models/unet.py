@@ -1,0 +1,166 @@
+"""The base 64x64 text-conditional U-Net of Imagen (Saharia et al. 2022, §2.3, App. F.1).
+
+ADM-style (Dhariwal & Nichol 2021): a stack of BigGAN residual blocks per resolution, conv
+resamplers between resolutions (stride-2 conv down, nearest + conv up; see resblock.py), self-attention
+at `attn_resolutions` whose keys/values are extended with the text tokens, and a timestep embedding
+to which the pooled text vector is added (§2.3). The text pathway itself lives in
+text_conditioning.py and is chosen by the `cond` partial (an ablation axis, §4.4).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from imagen.models.attention import AttentionBlock
+from imagen.models.embeddings import TimestepEmbedding
+from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
+from imagen.models.text_conditioning import TextCond, TextConditioning
+
+
+class UNetStage(nn.Module):
+    """A sequence of ResBlocks, AttentionBlocks and resamplers applied with the shared (emb, text) conditioning."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, h: Tensor, emb: Tensor, cond: TextCond) -> Tensor:
+        # h (B, C, H, W); emb (B, E)
+        for layer in self.layers:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, AttentionBlock):
+                h = layer(h, cond.tokens, cond.mask)
+            else:
+                h = layer(h)
+        return h
+
+
+def _validate(
+    image_size: int,
+    channels: int,
+    channel_mult: Sequence[int],
+    attn_resolutions: Sequence[int],
+    head_dim: int,
+    dropout: float,
+) -> None:
+    """One ValueError per invalid-configuration case, with the offending values in its message."""
+    if len(channel_mult) == 0:
+        raise ValueError("channel_mult must name at least one level")
+    total_down = 2 ** (len(channel_mult) - 1)
+    if image_size % total_down:
+        raise ValueError(
+            f"image_size {image_size} is not divisible by {total_down}, "
+            f"the total downsampling of channel_mult {list(channel_mult)}"
+        )
+    reachable = [image_size // 2**i for i in range(len(channel_mult))]
+    for res in attn_resolutions:
+        if res not in reachable:
+            raise ValueError(
+                f"attention resolution {res} is never reached by the U-Net; reachable resolutions are {reachable}"
+            )
+    groups = num_groups(channels)
+    if channels % groups:
+        raise ValueError(f"channels {channels} is not divisible by its {groups} GroupNorm groups")
+    attn_levels = {i for i, res in enumerate(reachable) if res in attn_resolutions} | {len(channel_mult) - 1}
+    for i in sorted(attn_levels):
+        width = channels * channel_mult[i]
+        if width % head_dim:
+            raise ValueError(
+                f"head_dim {head_dim} does not divide {width} channels at attention resolution {reachable[i]}"
+                + (" (the middle block)" if i == len(channel_mult) - 1 else "")
+            )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout {dropout} is outside [0, 1)")
+
+
+class UNet(nn.Module):
+    """Base 64x64 U-Net of Imagen (App. F.1), ADM-style."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        text_dim: int,
+        cond: Callable[..., TextConditioning],
+        head_dim: int = 64,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        embed_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
+        _validate(image_size, channels, channel_mult, attn_resolutions, head_dim, dropout)
+        embed_dim = 4 * channels if embed_dim is None else embed_dim
+        groups = num_groups(channels)
+        self.image_size = image_size
+
+        # Text pathway (§2.3): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
+        self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
+        context_dim = embed_dim if self.text_cond.has_tokens else None
+        self.time_embed = TimestepEmbedding(channels, embed_dim)
+
+        def res(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, embed_dim, groups, dropout)
+
+        def attn(c: int) -> AttentionBlock:
+            return AttentionBlock(c, head_dim, groups, context_dim)
+
+        self.input_conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        resolution, ch = image_size, channels
+        skip_channels = [ch]
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, channels * mult)]
+                ch = channels * mult
+                if resolution in attn_resolutions:
+                    layers.append(attn(ch))
+                self.down.append(UNetStage(*layers))
+                skip_channels.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(UNetStage(Downsample(ch)))
+                skip_channels.append(ch)
+                resolution //= 2
+
+        self.middle = UNetStage(res(ch, ch), attn(ch), res(ch, ch))
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), channels * mult)]
+                ch = channels * mult
+                if resolution in attn_resolutions:
+                    layers.append(attn(ch))
+                if level > 0 and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    resolution *= 2
+                self.up.append(UNetStage(*layers))
+
+        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> Tensor:
+        # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
+        cond = self.text_cond(text_emb, text_mask)
+        emb = self.time_embed(t)  # (B, E)
+        if cond.pooled is not None:
+            emb = emb + cond.pooled  # §2.3: pooled text vector added to the timestep embedding
+        h = self.input_conv(x)  # (B, channels, H, W)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb, cond)
+            skips.append(h)
+        h = self.middle(h, emb, cond)
+        for stage in self.up:
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, cond)
+        return self.out(h)  # (B, C_out, H, W)
