@@ -85,7 +85,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = N
                         auto_insert_metric_name=False),
         EMAWeightAveraging(decay=cfg.ema.decay),
         SampleGrid(run_dir / "samples", per_row=cfg.sample_grid.per_prompt),
-        ThroughputMonitor(batch_size_fn=lambda batch: batch["image"].shape[0]),
+        ThroughputMonitor(batch_size_fn=lambda batch: len(batch["caption"])),
     ]
     return instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
                        logger=loggers if loggers else False)

@@ -15,7 +15,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def caption_grid(images: torch.Tensor, captions: list[str], per_row: int, scale: int = 2, label_width: int = 260) -> Image.Image:
+def caption_grid(images: torch.Tensor, captions: list[str], per_row: int, scale: int = 2, label_width: int = 180) -> Image.Image:
     """A grid of `len(captions) // per_row` rows; consecutive images with the same caption share a row."""
     arr = to_uint8(images)
     n, h, w, _ = arr.shape
@@ -28,7 +28,7 @@ def caption_grid(images: torch.Tensor, captions: list[str], per_row: int, scale:
         tile = Image.fromarray(arr[i]).resize((w, h), Image.NEAREST)
         canvas.paste(tile, (label_width + c * (w + pad), r * (h + pad)))
         if c == 0:
-            draw.text((4, r * (h + pad) + h // 2 - 6), captions[i][:44], fill="black")
+            draw.text((4, r * (h + pad) + h // 2 - 6), captions[i][:30], fill="black")
     return canvas
 
 
