@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, ThroughputMonitor
@@ -47,6 +48,19 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path} does not exist")
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """A resumed checkpoint must have been trained with this run's model config: name the keys that differ."""
+    if cfg.ckpt_path is None:
+        return
+    saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("imagen_model_config", {})
+    current = model_config(cfg)
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {current.get(k)!r}" for k in differ)
+        raise ValueError(f"ckpt_path {cfg.ckpt_path} was trained with another model config ({detail}): "
+                         "resume with the same config or start a new run")
 
 
 def build_unet(cfg: DictConfig, text_dim: int):

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from imagen.build import build_datamodule, build_module, build_trainer, check_config
+from imagen.build import build_datamodule, build_module, build_trainer, check_config, check_resume
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.run_dir
     try:
         check_config(cfg)
+        check_resume(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision("high")
         module = build_module(cfg)

@@ -148,10 +148,3 @@ class ImagenModule(pl.LightningModule):
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["imagen_model_config"] = self.model_config
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("imagen_model_config", {})
-        differ = sorted(k for k in set(saved) | set(self.model_config) if saved.get(k) != self.model_config.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {self.model_config.get(k)!r}" for k in differ)
-            raise ValueError(f"the checkpoint's model config differs from this run's in {detail}")
