@@ -17,13 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
 
-def tiny_overrides(tmp_path: Path, steps: int = 4) -> list[str]:
-    return [
+def tiny_overrides(tmp_path: Path, steps: int = 4, shapes: bool = True) -> list[str]:
+    data = [f"data.root={tmp_path}/data", "data.n_train=64", "data.samples_per_shard=32", "data.gen_procs=1",
+            "data.world.n_eval=2"] if shapes else []
+    return data + [
         "image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "logger=csv",
-        f"data.root={tmp_path}/data", "data.n_train=64", "data.samples_per_shard=32", "data.batch_size=4",
-        "data.num_workers=0", "data.gen_procs=1", "data.world.n_eval=2", "sample_grid.per_prompt=2",
+        "data.batch_size=4", "data.num_workers=0", "sample_grid.per_prompt=2",
         f"trainer.max_steps={steps}", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "checkpoint_every_n_steps=2", "sampler.steps=3", f"run_dir={tmp_path}/run",
+        "checkpoint_every_n_steps=2", "sampler.steps=3", "ema.start_step=1", f"run_dir={tmp_path}/run",
     ]
 
 
@@ -91,3 +92,17 @@ def test_train_checkpoint_grid_and_resume(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(cfg3)
     assert "unet.channels: checkpoint 32 vs run 16" in capsys.readouterr().err
+
+
+def test_train_on_webdataset_shards(tmp_path):
+    """`data=webdataset` reads img2dataset-layout shards through the same pipeline (here: shapes shards)."""
+    from imagen.data.shapes import ShapesWorld
+    from imagen.data.shards import write_shards
+
+    paths = write_shards(ShapesWorld(resolution=16), tmp_path / "shards", n_samples=24, samples_per_shard=8, seed=1)
+    assert len(paths) == 3
+    urls = str(tmp_path / "shards" / "shapes-{000000..000002}.tar")
+    cfg = compose_cfg(["data=webdataset", f"data.urls='{urls}'", "data.eval_prompts=[a red circle]"]
+                      + tiny_overrides(tmp_path, steps=2, shapes=False))
+    assert run(cfg) is not None
+    assert (tmp_path / "run" / "samples" / "step_000002.png").is_file()

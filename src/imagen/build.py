@@ -44,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"image_size must be >= 8, got {cfg.image_size}")
     if not 0.0 < cfg.ema.decay < 1.0:
         raise ValueError(f"ema.decay must be in (0, 1), got {cfg.ema.decay}")
+    if cfg.ema.start_step < 0:
+        raise ValueError(f"ema.start_step must be >= 0, got {cfg.ema.start_step}")
     if cfg.trainer.max_steps < 1:
         raise ValueError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
@@ -97,7 +99,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = N
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
                         every_n_train_steps=cfg.checkpoint_every_n_steps, filename="step_{step:07d}",
                         auto_insert_metric_name=False),
-        EMAWeightAveraging(decay=cfg.ema.decay),
+        EMAWeightAveraging(decay=cfg.ema.decay, update_starting_at_step=cfg.ema.start_step),
         SampleGrid(run_dir / "samples", per_row=cfg.sample_grid.per_prompt),
         ThroughputMonitor(batch_size_fn=lambda batch: len(batch["caption"])),
     ]
