@@ -106,3 +106,15 @@ def test_train_on_webdataset_shards(tmp_path):
                       + tiny_overrides(tmp_path, steps=2, shapes=False))
     assert run(cfg) is not None
     assert (tmp_path / "run" / "samples" / "step_000002.png").is_file()
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """A real 2-process DDP run (gloo, ddp_spawn): one run directory, one checkpoint, grids from rank 0 only."""
+    cfg = compose_cfg(tiny_overrides(tmp_path, steps=2) + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                                           "trainer.val_check_interval=2", "trainer.max_steps=2"])
+    run(cfg)
+    run_dir = tmp_path / "run"
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    assert [p.name for p in (run_dir / "samples").glob("*.png")] == ["step_000002.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]

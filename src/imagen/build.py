@@ -13,9 +13,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, ThroughputMonitor
+from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor
 
-from imagen.lightning.callbacks import SampleGrid
+from imagen.lightning.callbacks import EMA, SampleGrid
 from imagen.lightning.module import ImagenModule
 
 # The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
@@ -93,15 +93,20 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return instantiate(cfg.data)
 
 
+def batch_size(batch: dict) -> int:
+    """Samples in a batch (a named function: ddp_spawn pickles the callbacks)."""
+    return len(batch["caption"])
+
+
 def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = None) -> pl.Trainer:
     run_dir = Path(run_dir)
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
                         every_n_train_steps=cfg.checkpoint_every_n_steps, filename="step_{step:07d}",
                         auto_insert_metric_name=False),
-        EMAWeightAveraging(decay=cfg.ema.decay, update_starting_at_step=cfg.ema.start_step),
+        EMA(decay=cfg.ema.decay, start_step=cfg.ema.start_step),
         SampleGrid(run_dir / "samples", per_row=cfg.sample_grid.per_prompt),
-        ThroughputMonitor(batch_size_fn=lambda batch: len(batch["caption"])),
+        ThroughputMonitor(batch_size_fn=batch_size),
     ]
     return instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
                        logger=loggers if loggers else False)

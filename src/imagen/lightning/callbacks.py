@@ -1,4 +1,5 @@
-"""Lightning callbacks of the lab: the sample grid of held-out prompts written at every validation."""
+"""Lightning callbacks of the lab: the sample grid of held-out prompts written at every validation, and the
+EMA of the weights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.utilities import rank_zero_only
 
 from .grid import caption_grid, save_png
@@ -40,3 +42,23 @@ class SampleGrid(pl.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples/grid", images=[grid], step=trainer.global_step)
+
+
+class ExponentialAverage:
+    """ema <- decay * ema + (1 - decay) * current; a class, so that it pickles (torch's is a closure)."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        return averaged.lerp(current, 1.0 - self.decay)
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMA callback with a picklable averaging function, so it survives `ddp_spawn`.
+
+    The average starts as a copy of the weights at `start_step` (not of the random initialisation)."""
+
+    def __init__(self, decay: float, start_step: int = 0):
+        super().__init__(decay=decay, update_starting_at_step=start_step)
+        self._kwargs["avg_fn"] = ExponentialAverage(decay)
