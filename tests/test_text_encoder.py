@@ -54,3 +54,20 @@ def test_unavailable_hub_model_fails_fast_with_both_fixes(monkeypatch):
         FrozenTextEncoder("google/t5-v1_1-xxl", model_class="transformers.T5EncoderModel")
     assert time.perf_counter() - start < 10
     assert "google/t5-v1_1-xxl" in str(err.value) and "encoder.path" in str(err.value) and "download" in str(err.value)
+
+
+def test_memo_gives_the_same_embeddings(minilm):
+    caps = ["a red circle", "three yellow triangles to the left of a blue square", "a red circle"]
+    plain, m_plain = minilm.encode(caps)
+    minilm.memo_size = 2
+    try:
+        for _ in range(2):  # first call fills the memo, the second reads it
+            memo, m_memo = minilm(caps)
+            assert torch.equal(m_memo, m_plain)
+            torch.testing.assert_close(memo * m_memo[..., None], plain * m_plain[..., None], atol=1e-5, rtol=1e-5)
+        assert len(minilm._memo) == 2
+        minilm(["a green square"])  # evicts the least recently used
+        assert len(minilm._memo) == 2 and "a green square" in minilm._memo
+    finally:
+        minilm.memo_size = 0
+        minilm._memo.clear()

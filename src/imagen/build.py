@@ -20,6 +20,7 @@ from imagen.lightning.module import ImagenModule
 
 # The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
 MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction")
+RUNTIME_KEYS = ("path", "cache", "memo_size", "_partial_")  # settings that do not change the weights
 
 
 def model_config(cfg: DictConfig) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     for group in MODEL_GROUPS:
         node = OmegaConf.to_container(cfg[group], resolve=True)
         for key, value in node.items():
-            if key not in ("path", "cache", "_partial_"):
+            if key not in RUNTIME_KEYS:
                 flat[f"{group}.{key}"] = value
     return flat
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ class FrozenTextEncoder(nn.Module):
         layer: which hidden state to return (-1 = last; CLIP uses the penultimate, -2, App. D.1).
         max_length: tokens kept per caption (the paper uses 128 for T5-XXL... shorter captions are padded).
         dtype: weights' dtype ("float32", "bfloat16", "float16"); the embeddings are returned in float32.
+        memo_size: captions whose embeddings are kept in memory (0 = none). Captions repeat across epochs,
+            and a frozen encoder gives each the same embedding, so repeats skip the encoder; bounded LRU.
     """
 
     def __init__(
@@ -50,8 +53,12 @@ class FrozenTextEncoder(nn.Module):
         max_length: int = 128,
         dtype: str = "float32",
         revision: str | None = None,
+        memo_size: int = 0,
     ):
         super().__init__()
+        if memo_size < 0:
+            raise ValueError(f"encoder.memo_size must be >= 0, got {memo_size}")
+        self.memo_size, self._memo = memo_size, OrderedDict()
         if max_length < 1:
             raise ValueError(f"encoder.max_length must be >= 1, got {max_length}")
         if dtype not in ("float32", "bfloat16", "float16"):
@@ -95,10 +102,32 @@ class FrozenTextEncoder(nn.Module):
         return {"name": self.name, "revision": self.revision, "layer": self.layer, "max_length": self.max_length, "dtype": self.dtype_name}
 
     @torch.no_grad()
-    def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+    def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """The encoder itself: (B, L, D) float32 embeddings and the (B, L) bool mask, L = longest caption."""
         device = next(self.model.parameters()).device
         tok = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
         ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.layer != -1)
         hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
-        return hidden.float(), mask.bool()  # (B, L, D), (B, L)
+        return hidden.float(), mask.bool()
+
+    @torch.no_grad()
+    def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        if self.memo_size == 0:
+            return self.encode(captions)
+        missing = list(dict.fromkeys(c for c in captions if c not in self._memo))
+        if missing:
+            emb, mask = self.encode(missing)
+            for c, e, m in zip(missing, emb, mask):
+                self._memo[c] = e[m]  # (L_c, D): the caption's own tokens
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        rows = [self._memo[c] for c in captions]
+        for c in captions:
+            self._memo.move_to_end(c)
+        length = max(r.shape[0] for r in rows)
+        emb = rows[0].new_zeros(len(rows), length, rows[0].shape[1])  # (B, L, D)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool, device=emb.device)  # (B, L)
+        for i, r in enumerate(rows):
+            emb[i, : r.shape[0]], mask[i, : r.shape[0]] = r, True
+        return emb, mask
