@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from imagen.build import build_module
+from imagen.build import build_module, build_text_encoder
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -80,7 +80,7 @@ def test_webdataset_needs_urls_and_names_missing_paths(tmp_path):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return instantiate(compose_cfg([]).encoder)
+    return build_text_encoder(compose_cfg([]))
 
 
 COMBOS = list(itertools.product(options("cond"), options("prediction"), options("schedule")))

@@ -70,8 +70,15 @@ def build_unet(cfg: DictConfig, text_dim: int):
     return instantiate(cfg.unet)(image_size=cfg.image_size, text_dim=text_dim, cond=instantiate(cfg.cond))
 
 
+def build_text_encoder(cfg: DictConfig):
+    """The frozen encoder of `cfg.encoder` (the `cache` switch is the run's, not the encoder's)."""
+    node = OmegaConf.to_container(cfg.encoder, resolve=True)
+    node.pop("cache", None)
+    return instantiate(node)
+
+
 def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
-    text_encoder = text_encoder if text_encoder is not None else instantiate(cfg.encoder)
+    text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
     return ImagenModule(
         unet=build_unet(cfg, text_encoder.dim),
         text_encoder=text_encoder,
