@@ -2,6 +2,10 @@
 
 train.py, the benchmark and the sampling scripts all build through here, so a config means the same thing
 everywhere. Bad values raise one-line errors here, before any data is generated or any step is taken.
+
+With `encoder.cache=true` the encoder is never built (Imagen §2.1: a frozen encoder's embeddings are computed
+offline): the datamodule attaches the precomputed embeddings to the training batches and the module samples
+the eval prompts from theirs; a missing or stale cache is refused here, with the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -9,18 +13,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import shlex
+
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor
 
 from imagen.lightning.callbacks import EMA, SampleGrid
 from imagen.lightning.module import ImagenModule
+from imagen.text.cache import TextCache
 
 # The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
 MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction")
 RUNTIME_KEYS = ("path", "cache", "memo_size", "_partial_")  # settings that do not change the weights
+
+
+def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, re-raising the constructor's own error (ValueError, FileNotFoundError,
+    TextEncoderUnavailable...) instead of Hydra's wrapper, so a bad value stays a one-line error."""
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, OSError)):
+            raise err.__cause__ from None
+        raise
 
 
 def model_config(cfg: DictConfig) -> dict[str, Any]:
@@ -77,7 +97,30 @@ def build_text_encoder(cfg: DictConfig):
     return instantiate(node)
 
 
+def encoder_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What defines the encoder's embeddings, from the config alone (no weights loaded): its weight-defining
+    keys (name, revision, model_class, layer, max_length, dtype, ...). Names and validates the text cache."""
+    return {k.split(".", 1)[1]: v for k, v in model_config(cfg).items() if k.startswith("encoder.")}
+
+
+def precompute_command() -> str:
+    """The command that (re)builds this run's text cache: the precompute script with the run's overrides."""
+    if not HydraConfig.initialized():
+        return "python scripts/precompute_text_embeddings.py <this run's encoder=... and data... overrides>"
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("encoder.cache=", "+encoder.cache="))]
+    return " ".join(["python scripts/precompute_text_embeddings.py", *map(shlex.quote, overrides)])
+
+
+def open_text_cache(cfg: DictConfig, datamodule) -> TextCache:
+    """The precomputed embeddings of this run's encoder over the datamodule's training shards (§2.1);
+    TextCacheError (a ValueError: one line, what differs, the rebuild command) unless current."""
+    return TextCache(datamodule.train_urls(), encoder_identity(cfg), rebuild=precompute_command())
+
+
 def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
+    if text_encoder is None and cfg.encoder.get("cache"):  # the eval prompts' cached embeddings stand in
+        datamodule = instantiate(cfg.data)
+        text_encoder = open_text_cache(cfg, datamodule).prompt_embeddings(required=datamodule.eval_prompts())
     text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
     return ImagenModule(
         unet=build_unet(cfg, text_encoder.dim),
@@ -98,7 +141,10 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    return instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
+    if cfg.encoder.get("cache"):
+        datamodule.text_cache = open_text_cache(cfg, datamodule)
+    return datamodule
 
 
 def batch_size(batch: dict) -> int:

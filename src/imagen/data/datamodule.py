@@ -2,7 +2,9 @@
 
 Both read through :func:`imagen.data.pipeline.make_pipeline`, expose ``resolution`` and ``eval_prompts()``
 (the captions the sampling callback renders), and yield batches
-``{"image": (B, 3, R, R) in [-1, 1], "caption": [str], "key": [str], "meta": [dict | None]}``.
+``{"image": (B, 3, R, R) in [-1, 1], "caption": [str], "key": [str], "meta": [dict | None]}``; with a
+``text_cache`` (set by :func:`imagen.build.build_datamodule` for ``encoder.cache=true``, Imagen §2.1) the
+training batches also carry the precomputed ``text_emb`` (B, L, D) and ``text_mask`` (B, L).
 
 The training loader is infinite (see :mod:`imagen.data.pipeline`): drive the Trainer with ``max_steps``
 and, for validation, an integer ``val_check_interval`` with ``check_val_every_n_epoch=None``.
@@ -17,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .pipeline import collate_samples, make_pipeline
+from .pipeline import collate_samples, expand_urls, make_pipeline
 from .shapes import ShapesWorld
 from .shards import ensure_shards, load_cached_shards, split_dir
 
@@ -117,6 +119,7 @@ class ShapesDataModule(pl.LightningDataModule):
         )
         self.train_pipeline: Any = None
         self.val_pipeline: Any = None
+        self.text_cache: Any = None  # an imagen.text.cache.TextCache of the training shards, or None
 
     def _splits(self) -> list[tuple[str, int]]:
         return [("train", self.n_train)] + ([("val", self.n_val)] if self.n_val > 0 else [])
@@ -146,7 +149,8 @@ class ShapesDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the train (infinite, shuffled) and val (one ordered pass) pipelines."""
         self.train_pipeline = make_pipeline(
-            self.shard_paths("train"), self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed
+            self.shard_paths("train"), self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            text_cache=self.text_cache,
         )
         val = self.shard_paths("val")
         self.val_pipeline = make_pipeline(val, self.resolution, training=False) if val else None
@@ -160,6 +164,10 @@ class ShapesDataModule(pl.LightningDataModule):
         """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
         (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
         return prompt_loader(self.eval_prompts(), self.eval_repeats)
+
+    def train_urls(self) -> list[str]:
+        """The training shards (generated if missing), e.g. for the text cache."""
+        return self.shard_paths("train")
 
     def eval_prompts(self) -> list[str]:
         """Held-out evaluation prompts (never in training) for the sampling callback."""
@@ -223,11 +231,13 @@ class WebDataModule(pl.LightningDataModule):
         )
         self.train_pipeline: Any = None
         self.val_pipeline: Any = None
+        self.text_cache: Any = None  # an imagen.text.cache.TextCache of the training shards, or None
 
     def setup(self, stage: str | None = None) -> None:
         """Expand and check the shard lists, build the pipelines."""
         self.train_pipeline = make_pipeline(
-            self.urls, self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed
+            self.urls, self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            text_cache=self.text_cache,
         )
         self.val_pipeline = make_pipeline(self.val_urls, self.resolution, training=False) if self.val_urls else None
 
@@ -240,6 +250,10 @@ class WebDataModule(pl.LightningDataModule):
         """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
         (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
         return prompt_loader(self.eval_prompts(), self.eval_repeats)
+
+    def train_urls(self) -> list[str]:
+        """The training shards, brace-expanded (local ones checked), e.g. for the text cache."""
+        return expand_urls(self.urls)
 
     def eval_prompts(self) -> list[str]:
         """Prompts for the sampling callback."""

@@ -6,7 +6,9 @@ Stages (a ``wds.DataPipeline``, i.e. a torch ``IterableDataset``)::
               -> CountUsable -> [BufferShuffle (training)] -> DecodeSamples (PIL / utf-8 / json, resize + crop)
 
 Each sample out: ``{"image": Tensor(3, H, W) in [-1, 1], "caption": str, "key": str, "meta": dict | None}``;
-:func:`collate_samples` batches them.
+:func:`collate_samples` batches them. With a text cache (Imagen §2.1, :mod:`imagen.text.cache`), a stage
+after ``CountUsable`` attaches each sample's precomputed ``text_emb`` (L, D) by shard and key, and the batch
+gets ``text_emb`` (B, L, D) float32 and ``text_mask`` (B, L) bool.
 
 Security: only members with extension png/jpg/jpeg/webp/txt/json are ever read from the tar (the
 ``select_files`` predicate runs before a member's bytes are read), and they are decoded by hand -- no
@@ -49,12 +51,15 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 
+from imagen.text.cache import pad_rows
+
 __all__ = [
     "IMAGE_EXTS",
     "NodeSplit",
     "ShardList",
     "SkipCounter",
     "collate_samples",
+    "decode_caption",
     "expand_urls",
     "make_pipeline",
     "resize_center_crop",
@@ -258,6 +263,11 @@ def _wanted_member(fname: str) -> bool:
     return "." in base and base.split(".", 1)[1].lower() in WANTED_EXTS
 
 
+def decode_caption(data: bytes) -> str:
+    """A ``.txt`` member -> the caption (utf-8, stripped); UnicodeDecodeError for invalid utf-8."""
+    return data.decode("utf-8").strip()
+
+
 class DecodeSamples:
     """Pipeline stage: raw member bytes -> {"image", "caption", "key", "meta"}; skips and counts bad ones."""
 
@@ -280,7 +290,7 @@ class DecodeSamples:
             self.counter.add("missing_caption", key, url)
             return None
         try:
-            caption = raw["txt"].decode("utf-8").strip()
+            caption = decode_caption(raw["txt"])
         except UnicodeDecodeError as e:
             self.counter.add("bad_caption", key, url, e)
             return None
@@ -299,7 +309,10 @@ class DecodeSamples:
             except ValueError as e:  # keep the sample: the caption and image are fine
                 self.counter.add("bad_meta", key, url, e)
         self.counter.ok()
-        return {"image": image, "caption": caption, "key": str(key), "meta": meta}
+        out = {"image": image, "caption": caption, "key": str(key), "meta": meta}
+        if "text_emb" in raw:  # attached from the text cache (never a tar member: see _wanted_member)
+            out["text_emb"] = raw["text_emb"]
+        return out
 
 
 class NodeSplit:
@@ -372,6 +385,7 @@ def make_pipeline(
     check_local: bool = True,
     node_splitter: Callable[[Iterable[Any]], Iterable[Any]] | str | None = "auto",
     worker_splitter: Callable[[Iterable[Any]], Iterable[Any]] | None = wds.split_by_worker,
+    text_cache: Any = None,
 ) -> wds.DataPipeline:
     """Build the reading pipeline -> ``wds.DataPipeline`` (an IterableDataset) with ``.skipped`` and ``.urls``.
 
@@ -386,6 +400,7 @@ def make_pipeline(
         check_local: raise FileNotFoundError for missing local shards now, not mid-training.
         node_splitter / worker_splitter: shard splitting across DDP ranks / dataloader workers; "auto" is
             :class:`NodeSplit`, None disables splitting.
+        text_cache: a :class:`imagen.text.cache.TextCache` of these shards: attach the precomputed embeddings.
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
@@ -402,6 +417,8 @@ def make_pipeline(
     stages += [s for s in (node_splitter, worker_splitter) if s is not None]
     stages.append(wds.tarfile_to_samples(handler=counter.handle_shard_error, select_files=_wanted_member))
     stages.append(CountUsable(counter))
+    if text_cache is not None:  # before the shuffle buffer: one shard's cache file open at a time
+        stages.append(text_cache.attach())
     if training and shuffle_buffer > 1:
         stages.append(BufferShuffle(shuffle_buffer, seed))
     stages.append(DecodeSamples(resolution, counter))
@@ -414,12 +431,17 @@ def make_pipeline(
 
 
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """List of pipeline samples -> {"image": (B, 3, H, W), "caption": [str], "key": [str], "meta": [dict|None]}."""
+    """List of pipeline samples -> {"image": (B, 3, H, W), "caption": [str], "key": [str], "meta": [dict|None]},
+    plus ``text_emb`` (B, L, D) float32 zero-padded and ``text_mask`` (B, L) bool when the samples have cached
+    embeddings."""
     if not samples:
         raise ValueError("collate_samples got an empty batch")
-    return {
+    batch = {
         "image": torch.stack([s["image"] for s in samples]),
         "caption": [s["caption"] for s in samples],
         "key": [s["key"] for s in samples],
         "meta": [s["meta"] for s in samples],
     }
+    if "text_emb" in samples[0]:
+        batch["text_emb"], batch["text_mask"] = pad_rows([s["text_emb"] for s in samples])
+    return batch

@@ -1,9 +1,10 @@
 """The LightningModule of one Imagen diffusion model (base 64x64 for now; §2, App. A, F).
 
-Training step: encode captions with the frozen text encoder (§2.1), drop the condition with p_uncond for
-classifier-free guidance (§2.2), noise the image at t ~ U(0, 1) and regress the parameterisation's
-target (App. A). Validation step: sample the held-out prompts with the EMA weights (Lightning's
-EMAWeightAveraging swaps them in for validation) and return the images for the grid callback.
+Training step: encode captions with the frozen text encoder (§2.1) -- or take their embeddings, computed
+offline, from the batch (`text_emb`, `text_mask`; `encoder.cache=true`, see imagen.text.cache) -- drop the
+condition with p_uncond for classifier-free guidance (§2.2), noise the image at t ~ U(0, 1) and regress the
+parameterisation's target (App. A). Validation step: sample the held-out prompts with the EMA weights
+(Lightning's EMAWeightAveraging swaps them in for validation) and return the images for the grid callback.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class ImagenModule(pl.LightningModule):
 
     Args:
         unet: the denoising network, net(z (B,C,H,W), t (B,), emb (B,L,D), mask (B,L)) -> (B,C,H,W).
-        text_encoder: the frozen encoder, captions -> (emb, mask).
+        text_encoder: the frozen encoder, captions -> (emb, mask); with a text cache, the eval prompts' cached
+            embeddings (imagen.text.cache.PromptEmbeddings), which the sampling path looks captions up in.
         schedule, parameterization: the diffusion (App. A).
         optimizer: a partial optimiser (torch.optim.Adafactor / Adam) awaiting the parameters.
         p_uncond: probability of dropping the text for classifier-free guidance (paper: 0.1).
@@ -110,8 +112,10 @@ class ImagenModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- training (App. A, §2.2)
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The diffusion loss of a batch {"image": (B, 3, H, W) in [-1, 1], "caption": list[str]}."""
-        emb, mask = drop_condition(*self.encode(batch["caption"]), self.p_uncond)
+        """The diffusion loss of a batch {"image": (B, 3, H, W) in [-1, 1], "caption": list[str]}; the captions'
+        embeddings are taken from the batch ("text_emb" (B, L, D), "text_mask" (B, L)) when it has them (§2.1)."""
+        text = (batch["text_emb"], batch["text_mask"]) if "text_emb" in batch else self.encode(batch["caption"])
+        emb, mask = drop_condition(*text, self.p_uncond)
         return self.loss_fn(lambda z_t, t: self.unet(z_t, t, emb, mask), batch["image"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
