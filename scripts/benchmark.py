@@ -7,6 +7,15 @@ Times full optimiser steps (text encoding, forward, backward, update) on a fixed
 captions and random images, after `bench.warmup` steps; reports the median and spread over `bench.repeats`
 timed windows. Data loading is excluded (measure it separately); peak memory is the CUDA allocator peak on
 GPU and the process's peak RSS on CPU. On CPU, compare ratios from one run, not absolute times.
+
+    python scripts/benchmark.py bench.text_cache=true bench.batch_size=16 bench.steps=5 bench.repeats=5
+
+`bench.text_cache=true` adds the text-embedding cache (Imagen §2.1) on the same config, in one run: the
+encoder's captions/s on distinct shapes-world captions as the precompute script encodes them (batches of
+`bench.encode_batch`), and the training step with embeddings from the cache (stored in float16, padded per
+step as collate does) vs online encoding -- with the encoder's caption memo off (`online_no_memo`) and as
+configured (`online`, the main figures; the fixed batch makes a memo hit 100%). The batch is then
+distinct shapes-world captions, and the modes' timed windows are interleaved (a shared CPU drifts).
 """
 
 from __future__ import annotations
@@ -24,45 +33,95 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from imagen.build import build_module
+from imagen.build import build_module, build_text_encoder
+from imagen.data.shapes import ShapesWorld
+from imagen.text.cache import STORAGE_DTYPES, encode_rows, pad_rows
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 CAPTIONS = ["a red circle and a blue square", "three yellow triangles", "a green square left of a purple circle",
             "one orange circle"]
-DEFAULTS = {"steps": 10, "warmup": 3, "repeats": 3, "batch_size": 32, "device": "auto", "precision": "auto"}
+DEFAULTS = {"steps": 10, "warmup": 3, "repeats": 3, "batch_size": 32, "device": "auto", "precision": "auto",
+            "text_cache": False, "encode_batch": 64, "encode_captions": 512, "cache_dtype": "float16"}
+
+
+def world_captions(n: int) -> list[str]:
+    """n distinct training captions of the shapes world (drawn without rendering)."""
+    world, out, i = ShapesWorld(), {}, 0
+    while len(out) < n:
+        out[world.sample(i, render=False).caption] = None
+        i += 1
+    return list(out)
+
+
+def encode_throughput(encoder, captions: list[str], batch: int, repeats: int, sync) -> float:
+    """Median captions/s of encoding distinct captions as the precompute script does (after one warm-up pass)."""
+    encode_rows(encoder, captions[:batch], batch)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encode_rows(encoder, captions, batch)
+        sync()
+        rates.append(len(captions) / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def benchmark(cfg) -> dict:
     bench = {**DEFAULTS, **OmegaConf.to_container(cfg.get("bench", {}))}
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"])
     precision = ("bf16" if device.type == "cuda" else "fp32") if bench["precision"] == "auto" else bench["precision"]
-    module = build_module(cfg).to(device)
+    text_cache = bool(bench["text_cache"])
+    encoder = build_text_encoder(cfg) if text_cache else None
+    module = build_module(cfg, text_encoder=encoder).to(device)
     module.text_encoder.to(device)
     opt = instantiate(cfg.optim.optimizer)(module.unet.parameters())
     b, s = bench["batch_size"], cfg.image_size
-    batch = {"image": torch.rand(b, 3, s, s, device=device) * 2 - 1, "caption": [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]}
+    captions = world_captions(max(b, bench["encode_captions"])) if text_cache else [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]
+    batch = {"image": torch.rand(b, 3, s, s, device=device) * 2 - 1, "caption": captions[:b]}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    memo_size = getattr(module.text_encoder, "memo_size", 0)
+    cached_rows: list[torch.Tensor] = []
 
-    def step():
+    def step(mode: str = "online"):
+        text = {}
+        if mode == "cache":  # what the data pipeline hands the module: stored rows, padded by collate
+            emb, mask = pad_rows(cached_rows)
+            text = {"text_emb": emb.to(device, non_blocking=True), "text_mask": mask.to(device, non_blocking=True)}
+        if text_cache:
+            module.text_encoder.memo_size = 0 if mode == "online_no_memo" else memo_size
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = module.compute_loss(batch)
+            loss = module.compute_loss({**batch, **text})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(bench["warmup"]):
-        step()
+    modes = ["online"]
+    extra = {}
+    if text_cache:
+        modes += ["online_no_memo", "cache"]
+        rows = encode_rows(module.text_encoder, batch["caption"], bench["encode_batch"])
+        cached_rows = [r.to(STORAGE_DTYPES[bench["cache_dtype"]]) for r in rows]
+        extra["encode_captions_per_s"] = round(encode_throughput(
+            module.text_encoder, captions, bench["encode_batch"], bench["repeats"], sync), 1)
+        extra.update(encode_batch=bench["encode_batch"], encode_captions=len(captions), cache_dtype=bench["cache_dtype"])
+    for mode in modes:
+        for _ in range(bench["warmup"]):
+            step(mode)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    per_step = []
+    windows: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(bench["repeats"]):
-        start = time.perf_counter()
-        for _ in range(bench["steps"]):
-            step()
-        sync()
-        per_step.append((time.perf_counter() - start) / bench["steps"])
+        for mode in modes:  # interleaved: drift of a shared machine hits every mode alike
+            start = time.perf_counter()
+            for _ in range(bench["steps"]):
+                step(mode)
+            sync()
+            windows[mode].append((time.perf_counter() - start) / bench["steps"])
+    per_step = windows["online"]
     med = statistics.median(per_step)
+    for mode in modes[1:]:
+        extra[f"{mode}_median_s_per_step"] = round(statistics.median(windows[mode]), 5)
+        extra[f"{mode}_images_per_s"] = round(b / statistics.median(windows[mode]), 2)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "unet": cfg.unet.get("_target_", "").rsplit(".", 1)[-1], "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
@@ -71,7 +130,7 @@ def benchmark(cfg) -> dict:
         "median_s_per_step": round(med, 5), "min_s_per_step": round(min(per_step), 5), "max_s_per_step": round(max(per_step), 5),
         "images_per_s": round(b / med, 2), "peak_memory_mb": round(peak / 2**20, 1),
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "process_max_rss",
-        "steps_timed": bench["steps"] * bench["repeats"],
+        "steps_timed": bench["steps"] * bench["repeats"], **extra,
     }
 
 

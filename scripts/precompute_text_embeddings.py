@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from imagen.build import build_text_encoder, encoder_identity
 from imagen.data.pipeline import decode_caption
-from imagen.text.cache import (STORAGE_DTYPES, local_shard, prompts_cache_file, read_meta, shard_cache_file, shard_stat,
-                               stale_reason, write_cache_file)
+from imagen.text.cache import (STORAGE_DTYPES, encode_rows, local_shard, prompts_cache_file, read_meta, shard_cache_file,
+                               shard_stat, stale_reason, write_cache_file)
 
 log = logging.getLogger("precompute_text_embeddings")
 
@@ -58,21 +58,6 @@ def read_captions(url: str) -> tuple[list[str], list[str]]:
             keys.append(str(raw["__key__"]))
             captions.append(caption)
     return keys, captions
-
-
-def encode(encoder, captions: list[str], batch_size: int, bar=None) -> list[torch.Tensor]:
-    """Each caption's token embeddings truncated to its true length, (L_i, D); every distinct caption is
-    encoded once, in batches of similar length (less padding)."""
-    unique = sorted(set(captions), key=lambda c: (len(c), c))
-    rows: dict[str, torch.Tensor] = {}
-    for i in range(0, len(unique), batch_size):
-        chunk = unique[i:i + batch_size]
-        emb, mask = encoder.encode(chunk)  # (B, L, D) float32, (B, L) bool
-        for caption, e, m in zip(chunk, emb, mask):
-            rows[caption] = e[m].cpu()
-        if bar is not None:
-            bar.update(len(chunk))
-    return [rows[c] for c in captions]
 
 
 def precompute(cfg: DictConfig, dtype: str = "float16", batch_size: int = 64, rank: int | None = None,
@@ -104,16 +89,19 @@ def precompute(cfg: DictConfig, dtype: str = "float16", batch_size: int = 64, ra
         log.info("text cache %s is current for this rank's %d shards", summary["cache_dir"], len(mine))
         return summary
     encoder = build_text_encoder(cfg)
+    differ = sorted(k for k, v in getattr(encoder, "identity", {}).items() if k in identity and identity[k] != v)
+    if differ:  # the config-derived identity (checked at training, where no encoder is built) must be the encoder's
+        raise ValueError(f"encoder identity {encoder.identity} disagrees with its config {identity} on {differ}")
     encoder.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     with tqdm(total=len(prompts), unit="caption", disable=not progress, desc=f"rank {rank}") as bar:
         if prompts:
-            write_cache_file(prompts_file, prompts, encode(encoder, prompts, batch_size, bar), identity, dtype)
+            write_cache_file(prompts_file, prompts, encode_rows(encoder, prompts, batch_size, bar), identity, dtype)
         for url in todo:
             stat = shard_stat(local_shard(url))  # before reading: a shard changing meanwhile is then caught at training
             keys, captions = read_captions(url)
             bar.total += len(set(captions))
             start = time.perf_counter()
-            rows = encode(encoder, captions, batch_size, bar)
+            rows = encode_rows(encoder, captions, batch_size, bar)
             summary["encode_s"] += time.perf_counter() - start
             summary["captions"] += len(captions)
             summary["unique_captions"] += len(set(captions))

@@ -18,7 +18,7 @@ from imagen.build import build_datamodule, build_module, build_text_encoder, enc
 from imagen.data.shapes import ShapesWorld
 from imagen.data.shards import write_shards
 from imagen.run import run
-from imagen.text.cache import AttachEmbeddings, TextCache, TextCacheError, read_meta, shard_cache_file
+from imagen.text.cache import TextCache, TextCacheError, read_meta, read_rows, shard_cache_file
 from imagen.text.encoder import FrozenTextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,11 @@ def test_train_with_cache_never_builds_the_encoder(cached, monkeypatch):
     datamodule = build_datamodule(cfg)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["text_emb"].shape[:2] == batch["text_mask"].shape and batch["text_emb"].shape[0] == 4
-    assert batch["text_emb"].dtype == torch.float32 and batch["text_mask"].any(1).all()
+    assert batch["text_emb"].dtype == torch.float32
+    rows = {k: r for path in datamodule.text_cache.files.values() for k, r in read_rows(path).items()}
+    for key, emb, mask in zip(batch["key"], batch["text_emb"], batch["text_mask"]):  # each sample's own row, padded
+        n = rows[key].shape[0]
+        assert mask[:n].all() and not mask[n:].any() and torch.equal(emb[:n], rows[key]) and not emb[n:].any()
     assert run(cfg) is not None
     assert (root / "run" / "samples" / "step_000002.png").is_file()
 

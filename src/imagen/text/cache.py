@@ -121,6 +121,21 @@ def write_cache_file(path: Path, keys: Sequence[str], rows: Sequence[Tensor], id
         tmp.unlink(missing_ok=True)
 
 
+def encode_rows(encoder, captions: Sequence[str], batch_size: int, progress=None) -> list[Tensor]:
+    """What the cache stores: each caption's token embeddings truncated to its true length, (L_i, D), from
+    ``encoder.encode`` (no memo); every distinct caption is encoded once, in batches of similar length."""
+    unique = sorted(set(captions), key=lambda c: (len(c), c))
+    rows: dict[str, Tensor] = {}
+    for i in range(0, len(unique), batch_size):
+        chunk = unique[i:i + batch_size]
+        emb, mask = encoder.encode(chunk)  # (B, L, D) float32, (B, L) bool
+        for caption, e, m in zip(chunk, emb, mask):
+            rows[caption] = e[m].cpu()
+        if progress is not None:
+            progress.update(len(chunk))
+    return [rows[c] for c in captions]
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """A cache file's metadata with the JSON fields parsed (reads the header only)."""
     with safe_open(str(path), framework="pt") as f:
