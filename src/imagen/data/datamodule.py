@@ -62,7 +62,22 @@ def _loader(dataset: Any, batch_size: int, num_workers: int, training: bool) -> 
     )
 
 
-class ShapesDataModule(pl.LightningDataModule):
+class _ShardDataModule(pl.LightningDataModule):
+    """What both datamodules share: the infinite training loader over ``train_pipeline`` and the
+    validation loader of eval prompts. Subclasses define ``setup``, ``train_urls`` and ``eval_prompts``."""
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_pipeline is None:
+            self.setup("fit")
+        return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
+        (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
+        return prompt_loader(self.eval_prompts(), self.eval_repeats)
+
+
+class ShapesDataModule(_ShardDataModule):
     """Shapes-world shards generated (and cached) under ``root``, read with the webdataset pipeline.
 
     Args:
@@ -155,16 +170,6 @@ class ShapesDataModule(pl.LightningDataModule):
         val = self.shard_paths("val")
         self.val_pipeline = make_pipeline(val, self.resolution, training=False) if val else None
 
-    def train_dataloader(self) -> DataLoader:
-        if self.train_pipeline is None:
-            self.setup("fit")
-        return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
-        (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
-        return prompt_loader(self.eval_prompts(), self.eval_repeats)
-
     def train_urls(self) -> list[str]:
         """The training shards (generated if missing), e.g. for the text cache."""
         return self.shard_paths("train")
@@ -178,7 +183,7 @@ class ShapesDataModule(pl.LightningDataModule):
         return self.world.eval_prompts()
 
 
-class WebDataModule(pl.LightningDataModule):
+class WebDataModule(_ShardDataModule):
     """Real image-text shards (img2dataset layout: KEY.jpg/png/webp + KEY.txt [+ KEY.json]).
 
     Args:
@@ -240,16 +245,6 @@ class WebDataModule(pl.LightningDataModule):
             text_cache=self.text_cache,
         )
         self.val_pipeline = make_pipeline(self.val_urls, self.resolution, training=False) if self.val_urls else None
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_pipeline is None:
-            self.setup("fit")
-        return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them
-        (with the EMA weights) into the grid. The val shards (``val_pipeline``) are for evaluation scripts."""
-        return prompt_loader(self.eval_prompts(), self.eval_repeats)
 
     def train_urls(self) -> list[str]:
         """The training shards, brace-expanded (local ones checked), e.g. for the text cache."""
