@@ -17,6 +17,13 @@ step as collate does) vs online encoding -- with the encoder's caption memo off 
 configured (`online`, the main figures; the fixed batch makes a memo hit 100%). The batch is then
 distinct shapes-world captions, and the modes' timed windows are interleaved, in rotating order (a shared
 CPU drifts).
+
+    python scripts/benchmark.py bench.mode=sample sampler=ddim sampler.steps=50 bench.batch_size=8
+    python scripts/benchmark.py bench.mode=sample sampler=ancestral sampler.steps=1000 bench.batch_size=8
+
+`bench.mode=sample` times sampling instead (§2.2, §2.3): whole sampler runs of `bench.batch_size` images with
+classifier-free guidance at `guidance_weight` (one batched forward of 2B per step) and the configured
+thresholding, random weights (the time does not depend on them); reports seconds per image and per step.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from imagen.text.cache import STORAGE_DTYPES, encode_rows, pad_rows
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 CAPTIONS = ["a red circle and a blue square", "three yellow triangles", "a green square left of a purple circle",
             "one orange circle"]
-DEFAULTS = {"steps": 10, "warmup": 3, "repeats": 3, "batch_size": 32, "device": "auto", "precision": "auto",
+DEFAULTS = {"mode": "train", "steps": 10, "warmup": 3, "repeats": 3, "batch_size": 32, "device": "auto", "precision": "auto",
             "text_cache": False, "encode_batch": 64, "encode_captions": 512, "cache_dtype": "float16"}
 
 
@@ -135,12 +142,56 @@ def benchmark(cfg) -> dict:
     }
 
 
+def sampling_benchmark(cfg) -> dict:
+    """Seconds per image of the configured sampler (`bench.repeats` whole runs after one warm-up run)."""
+    bench = {**DEFAULTS, **OmegaConf.to_container(cfg.get("bench", {}))}
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"])
+    precision = ("bf16" if device.type == "cuda" else "fp32") if bench["precision"] == "auto" else bench["precision"]
+    module = build_module(cfg).to(device).eval()
+    module.text_encoder.to(device)
+    b = bench["batch_size"]
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sampler = instantiate(cfg.sampler)
+
+    def run(seed: int) -> float:
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            module.sample(captions, guidance_weight=cfg.guidance_weight, sampler=sampler, seed=seed)
+        sync()
+        return time.perf_counter() - start
+
+    run(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [run(r + 1) for r in range(bench["repeats"])]
+    med = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "mode": "sample", "sampler": type(sampler).__name__, "sampler_steps": sampler.steps,
+        "thresholding": type(module.thresholding).__name__, "guidance_weight": cfg.guidance_weight,
+        "unet_parameters": sum(p.numel() for p in module.unet.parameters()), "image_size": cfg.image_size,
+        "batch_size": b, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "precision": precision,
+        "median_s_per_image": round(med / b, 4), "median_s_per_run": round(med, 3),
+        "median_ms_per_step": round(1000 * med / sampler.steps, 2), "min_s_per_run": round(min(times), 3),
+        "max_s_per_run": round(max(times), 3), "runs_timed": len(times), "peak_memory_mb": round(peak / 2**20, 1),
+    }
+
+
+MODES = {"train": benchmark, "sample": sampling_benchmark}
+
+
 def main(argv: list[str]) -> None:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[a for a in argv if not a.startswith("bench.")])
     OmegaConf.set_struct(cfg, False)
     cfg.bench = OmegaConf.from_dotlist([a for a in argv if a.startswith("bench.")]).get("bench", {})
-    print(json.dumps({"overrides": argv, **benchmark(cfg)}))
+    mode = cfg.bench.get("mode", "train")
+    if mode not in MODES:
+        print(f"error: bench.mode={mode!r} is not one of {', '.join(MODES)}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps({"overrides": argv, **MODES[mode](cfg)}))
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
         guidance_weight=cfg.guidance_weight,
         image_size=cfg.image_size,
         model_config=model_config(cfg),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 

@@ -61,6 +61,8 @@ class ImagenModule(pl.LightningModule):
         warmup_steps, total_steps, final_lr_fraction: the learning-rate schedule.
         sampler, thresholding, guidance_weight: what the validation grid samples with.
         model_config: the config that defines the network's weights (checked on resume).
+        run_config: the whole resolved config of the run, saved in checkpoints so that sampling and evaluation
+            rebuild the same model from the checkpoint alone.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class ImagenModule(pl.LightningModule):
         guidance_weight: float = 1.0,
         image_size: int = 64,
         model_config: dict | None = None,
+        run_config: dict | None = None,
     ):
         super().__init__()
         if not 0.0 <= p_uncond <= 1.0:
@@ -95,6 +98,7 @@ class ImagenModule(pl.LightningModule):
         self.sampler, self.thresholding, self.guidance_weight = sampler, thresholding, guidance_weight
         self.image_size = image_size
         self.model_config = model_config or {}
+        self.run_config = run_config or {}
 
     @property
     def text_encoder(self) -> nn.Module:
@@ -152,3 +156,4 @@ class ImagenModule(pl.LightningModule):
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["imagen_model_config"] = self.model_config
+        checkpoint["imagen_config"] = self.run_config

@@ -1,0 +1,137 @@
+"""Guidance sweep of one checkpoint: Imagen's FID-vs-alignment pareto curve (§3, Fig. 4, A.8).
+
+    python scripts/evaluate.py ckpt=RUN/checkpoints/last.ckpt \
+        guidance='[1,1.25,1.5,1.75,2,3,4,5,6,7,8,9,10]' thresholding=dynamic
+    python scripts/evaluate.py -m ckpt=... thresholding=none,static,dynamic     # one run per thresholding
+    python scripts/plot_pareto.py multirun/eval/DATE/TIME/*                      # their curves in one plot
+
+For every guidance weight: sample the suite's prompts (`eval=shapes`: the shapes world's four categories;
+`eval=drawbench`: a DrawBench CSV), then FID and KID against the suite's real images with the configured
+feature extractor (`features=shapes|inception`), the suite's alignment score (the compositional judge's
+accuracy per category; the CLIP score) and the saturation statistics. Writes into its run directory
+`metrics.json` (every metric per weight, the number of samples, the feature extractor), `pareto.png`,
+`categories.png`, `grids/w<weight>.png` (a row per category), and logs them to W&B (job_type=eval).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from imagen.build import instantiate as build_instantiate
+from imagen.checkpoint import flatten, load_model
+from imagen.eval.generate import generate
+from imagen.eval.metrics import FidKid, saturation
+from imagen.eval.pareto import plot_categories, plot_pareto
+from imagen.lightning.grid import caption_grid, save_png
+from imagen.run import _finish_wandb, hydra_choices
+
+log = logging.getLogger(__name__)
+
+
+def check(cfg: DictConfig) -> list[float]:
+    weights = [cfg.guidance] if isinstance(cfg.guidance, (int, float)) else list(cfg.guidance)
+    if not weights or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
+        raise ValueError(f"guidance must be a non-empty list of weights >= 0 (1 disables guidance), got {weights}")
+    if cfg.batch_size < 1 or cfg.grid_per_category < 0:
+        raise ValueError(f"batch_size must be >= 1 and grid_per_category >= 0, got {cfg.batch_size}, {cfg.grid_per_category}")
+    return [float(w) for w in weights]
+
+
+def category_grid(images: torch.Tensor, prompts: list[dict], per_row: int):
+    """A row per category: its first `per_row` images, the category name as the label."""
+    rows, labels = [], []
+    for cat in dict.fromkeys(p["category"] for p in prompts):
+        idx = [i for i, p in enumerate(prompts) if p["category"] == cat][:per_row]
+        idx += [idx[-1]] * (per_row - len(idx))  # pad a short category with its last image
+        rows.append(images[idx])
+        labels += [cat] * per_row
+    return caption_grid(torch.cat(rows), labels, per_row=per_row)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    weights = check(cfg)
+    sampler, thresholding = instantiate(cfg.sampler), instantiate(cfg.thresholding)
+    suite = build_instantiate(cfg.eval)
+    features = build_instantiate(cfg.features)
+    module, train_cfg, info = load_model(cfg.ckpt, flatten(cfg.model), ema=cfg.ema, device=cfg.device)
+    suite = suite.bind(train_cfg, module.image_size)
+    prompts = suite.prompts()
+    captions = [p["caption"] for p in prompts]
+    reference = suite.reference()
+    fidkid = None
+    if reference is not None:
+        fidkid = FidKid(features, kid_subset_size=cfg.kid_subset_size)
+        fidkid.update_real(reference)
+    choices = hydra_choices()
+    loggers = instantiate(cfg.logger, save_dir=str(out_dir), tags=[f"{k}={v}" for k, v in sorted(choices.items())])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams({"config": config, "choices": choices, "train_config": OmegaConf.to_container(train_cfg)})
+    metrics = {
+        "ckpt": info["ckpt"], "step": info["global_step"], "ema": info["ema"], "suite": suite.name,
+        "alignment_key": suite.alignment_key, "features": getattr(features, "name", type(features).__name__),
+        "sampler": choices.get("sampler", type(sampler).__name__), "sampler_config": OmegaConf.to_container(cfg.sampler),
+        "thresholding": choices.get("thresholding", type(thresholding).__name__),
+        "thresholding_config": OmegaConf.to_container(cfg.thresholding), "seed": cfg.seed,
+        "n_samples": len(prompts), "n_reference": 0 if reference is None else len(reference),
+        "reference": {} if reference is None else {**saturation(reference), **suite.score(reference, suite.reference_prompts())},
+        "results": [],
+    }
+    try:
+        for step, w in enumerate(weights):
+            start = time.perf_counter()
+            images = generate(module, captions, w, sampler, thresholding, cfg.seed, cfg.batch_size, desc=f"w={w:g}")
+            row = {"guidance": w, "n_samples": len(images), "sample_seconds": round(time.perf_counter() - start, 2)}
+            if fidkid is not None:
+                fidkid.reset_fake()
+                fidkid.update_fake(images)
+                row.update(fidkid.compute())
+            row.update(saturation(images))
+            row.update(suite.score(images, prompts))
+            metrics["results"].append(row)
+            grid = category_grid(images, prompts, cfg.grid_per_category) if cfg.grid_per_category else None
+            if grid is not None:
+                save_png(grid, out_dir / "grids" / f"w{w:g}.png", {"guidance": w, "thresholding": metrics["thresholding"],
+                                                                  "sampler": metrics["sampler"], "seed": cfg.seed, "ckpt": info["ckpt"]})
+            for lg in loggers:
+                lg.log_metrics({f"eval/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+                if grid is not None and hasattr(lg, "log_image"):
+                    lg.log_image(key="eval/grid", images=[grid], caption=[f"w={w:g}"], step=step)
+            log.info("w=%g: %s", w, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))  # partial results survive a crash
+        label = f"{metrics['thresholding']} thresholding, {metrics['sampler']}"
+        plots = [p for p in (plot_pareto({label: metrics}, out_dir / "pareto.png") if fidkid else None,
+                             plot_categories({label: metrics}, out_dir / "categories.png")) if p is not None]
+        for lg in loggers:
+            if hasattr(lg, "log_image") and plots:
+                lg.log_image(key="eval/plots", images=[str(p) for p in plots])
+            lg.save()
+            lg.finalize("success")
+    finally:
+        _finish_wandb()
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        evaluate(cfg, out_dir)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    main()

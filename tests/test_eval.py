@@ -1,0 +1,284 @@
+"""Issue 4: sampling and evaluation scripts, the metrics (FID/KID/CLIP score/saturation), DrawBench, pareto plots.
+
+One tiny checkpoint (16 px, 4 steps) is trained per module; scripts run on it in seconds. Thresholding's and the
+samplers' closed forms are in test_diffusion.py; the judge's validation in test_judge.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from imagen.checkpoint import flatten, load_model
+from imagen.eval.drawbench import DrawBenchEval, load_drawbench
+from imagen.eval.features import InceptionFeatures, ShapesFeatures
+from imagen.eval.metrics import FidKid, clip_score, clip_score_metric, saturation
+from imagen.eval.pareto import read_metrics
+from imagen.eval.shapes_eval import ShapesEval
+from imagen.run import run
+from test_encoders import _clip_tokenizer
+from test_train import CONF, ROOT, compose_cfg, tiny_overrides
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import evaluate as evaluate_script  # noqa: E402
+import plot_pareto  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    run(compose_cfg(tiny_overrides(tmp, steps=4)))
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def eval_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("evaluate", overrides=overrides)
+
+
+# ------------------------------------------------------------------------------------- checkpoint
+
+
+def test_checkpoint_rebuilds_the_trained_model(ckpt):
+    module, cfg, info = load_model(ckpt, device="cpu")
+    assert info["global_step"] == 4 and info["ema"] and cfg.image_size == 16
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    loaded = module.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state["state_dict"].items())  # the EMA weights, exactly
+    raw, _, raw_info = load_model(ckpt, ema=False, device="cpu")
+    assert not raw_info["ema"]
+    differs = any(not torch.equal(a, b) for a, b in zip(module.unet.parameters(), raw.unet.parameters()))
+    assert differs, "the EMA and the raw weights should differ after EMA updates"
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path, ckpt):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_model(tmp_path / "nope.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    del state["imagen_config"]
+    torch.save(state, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="imagen_config"):
+        load_model(tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="does not match"):
+        load_model(ckpt, {"unet.channels": 16}, device="cpu")
+    assert flatten({"encoder": {"path": "/x"}, "seed": 1}) == {"encoder.path": "/x", "seed": 1}
+
+
+def test_sampling_is_deterministic_given_the_seed(ckpt):
+    module, _, _ = load_model(ckpt, device="cpu")
+    from imagen.diffusion.samplers import AncestralSampler, DDIMSampler
+    from imagen.diffusion.thresholding import DynamicThresholding
+    from imagen.eval.generate import generate
+
+    caps = ["a red circle", "two blue squares", "a green triangle"]
+    for sampler in (AncestralSampler(steps=3), DDIMSampler(steps=3)):
+        a = generate(module, caps, 3.0, sampler, DynamicThresholding(), seed=5, batch_size=2, progress=False)
+        b = generate(module, caps, 3.0, sampler, DynamicThresholding(), seed=5, batch_size=2, progress=False)
+        c = generate(module, caps, 3.0, sampler, DynamicThresholding(), seed=6, batch_size=2, progress=False)
+        assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------- sample.py
+
+
+def test_sample_script_writes_grid_and_images_with_metadata(ckpt, tmp_path):
+    out = tmp_path / "s"
+    cmd = [sys.executable, str(ROOT / "scripts" / "sample.py"), f"ckpt={ckpt}", "prompt=[two red circles,a blue square]",
+           "guidance=5", "thresholding=dynamic", "sampler=ddim", "sampler.steps=2", "seed=3", "n=2", f"hydra.run.dir={out}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    images = sorted((out / "images").glob("*.png"))
+    assert len(images) == 4 and (out / "grid.png").is_file()
+    meta = Image.open(images[0]).text
+    assert meta["prompt"] == "two red circles" and meta["seed"] == "3" and float(meta["guidance"]) == 5.0
+    assert meta["thresholding"] == "dynamic" and meta["sampler"] == "ddim" and meta["ckpt"] == str(ckpt)
+    # Same command, same seed: the same pixels.
+    res2 = subprocess.run(cmd[:-1] + [f"hydra.run.dir={tmp_path / 's2'}"], capture_output=True, text=True, timeout=240)
+    assert res2.returncode == 0
+    again = sorted((tmp_path / "s2" / "images").glob("*.png"))
+    assert all((Image.open(a).tobytes() == Image.open(b).tobytes()) for a, b in zip(images, again))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prompt=null"], "no prompt"),
+    (["prompt=x", "n=0"], "n must be >= 1"),
+    (["prompt=x", "thresholding=nope"], "dynamic"),  # an unknown option lists the valid ones
+])
+def test_sample_script_bad_input_is_one_line(ckpt, args, message):
+    cmd = [sys.executable, str(ROOT / "scripts" / "sample.py"), f"ckpt={ckpt}", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and message in res.stderr
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+def test_saturation_counts_pixels_at_the_range_ends():
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 0, 0, :2] = 1.0
+    x[0, 1, 0, 0] = -1.0
+    x[0, 2, 0, 0] = 0.999  # rounds to 255 after 8-bit quantisation
+    s = saturation(x)
+    assert s["saturated_high"] == pytest.approx(3 / 48) and s["saturated_low"] == pytest.approx(1 / 48)
+    assert s["saturated"] == pytest.approx(4 / 48)
+
+
+def _world_images(n: int, seed: int, resolution: int = 32, blur: float = 0.0) -> torch.Tensor:
+    from PIL import ImageFilter
+
+    from imagen.data.shapes import ShapesWorld
+
+    world = ShapesWorld(resolution=resolution)
+    imgs = []
+    for i in range(n):
+        img = world.sample(i, seed=seed, split="val").image
+        if blur:
+            img = img.filter(ImageFilter.GaussianBlur(blur))
+        imgs.append(torch.from_numpy(__import__("numpy").asarray(img)).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(imgs)
+
+
+def test_fid_kid_small_for_same_distribution_large_for_a_shifted_one():
+    features = ShapesFeatures()
+    real, same, blurred = _world_images(120, 1), _world_images(120, 2), _world_images(120, 2, blur=1.5)
+    assert features(torch.rand(2, 3, 32, 32)).shape == (2, features.num_features)
+    m = FidKid(features, kid_subset_size=50)
+    m.update_real(real)
+    m.update_fake(same)
+    near = m.compute()
+    m.reset_fake()
+    m.update_fake(blurred)
+    far = m.compute()
+    assert far["fid"] > 1.5 * near["fid"] and far["kid"] > near["kid"] + 3 * near["kid_std"]
+    assert abs(near["kid"]) < 3 * near["kid_std"] + 1e-3  # unbiased: ~0 for the same distribution
+    # identical sets: FID 0 up to the matrix square root's precision
+    m2 = FidKid(features, kid_subset_size=50)
+    m2.update_real(real)
+    m2.update_fake(real)
+    assert m2.compute()["fid"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_inception_without_torch_fidelity_says_what_to_do():
+    pytest.importorskip("torch")
+    try:
+        import torch_fidelity  # noqa: F401
+        pytest.skip("torch-fidelity is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(OSError, match="features=shapes"):
+        InceptionFeatures()
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIPModel + processor saved like a hub folder."""
+    tok = _clip_tokenizer()
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    transformers.CLIPModel(config).save_pretrained(folder)
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_through_torchmetrics_with_a_local_model(tiny_clip):
+    metric = clip_score_metric(str(tiny_clip))
+    images = _world_images(4, 0)
+    score = clip_score(metric, images, ["a red circle", "two blue squares", "a green triangle", "one square"])
+    assert -100.0 <= score <= 100.0 and score == score
+    with pytest.raises(OSError, match="eval.clip"):
+        clip_score_metric(str(tiny_clip.parent / "missing_clip"))
+
+
+# ------------------------------------------------------------------------------------------ DrawBench
+
+
+def _drawbench_csv(path: Path) -> Path:
+    path.write_text("Prompt,Category,Note\n\"A red colored car.\",Colors,x\nThree cats.,Counting,\n"
+                    "\"A blue cube, left of a ball.\",Positional,\nOne dog.,Counting,\n")
+    return path
+
+
+def test_drawbench_loader(tmp_path):
+    rows = load_drawbench(_drawbench_csv(tmp_path / "db.csv"))
+    assert rows[0] == {"caption": "A red colored car.", "category": "Colors"} and len(rows) == 4
+    assert len(load_drawbench(tmp_path / "db.csv", ["Counting"])) == 2
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        load_drawbench(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("Text,Category\nx,y\n")
+    with pytest.raises(ValueError, match="Prompt"):
+        load_drawbench(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="Counting"):
+        load_drawbench(tmp_path / "db.csv", ["Nope"])
+    assert len(DrawBenchEval(str(tmp_path / "db.csv"), per_prompt=3).prompts()) == 12
+
+
+# ------------------------------------------------------------------------------------- evaluate.py
+
+
+def test_evaluate_writes_metrics_pareto_and_grids(ckpt, tmp_path):
+    cfg = eval_cfg([f"ckpt={ckpt}", "guidance=[1,4]", "sampler.steps=2", "eval.n_per_category=3",
+                    "eval.n_reference_per_category=6", "logger=csv", "grid_per_category=2", "kid_subset_size=10"])
+    out = tmp_path / "ev"
+    metrics = evaluate_script.evaluate(cfg, out)
+    saved = read_metrics(out)
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["features"] == "shapes-v1" and saved["n_samples"] == 12 and saved["n_reference"] == 24
+    assert saved["alignment_key"] == "judge/accuracy" and saved["reference"]["judge/accuracy"] >= 0.9
+    assert [r["guidance"] for r in saved["results"]] == [1.0, 4.0]
+    for r in saved["results"]:
+        assert r["n_samples"] == 12 and r["fid"] >= 0 and 0 <= r["judge/accuracy"] <= 1
+        assert {"judge/counting", "judge/colors", "judge/positional", "judge/descriptions", "saturated", "kid"} <= set(r)
+    assert (out / "pareto.png").is_file() and (out / "categories.png").is_file()
+    assert sorted(p.name for p in (out / "grids").glob("*.png")) == ["w1.png", "w4.png"]
+    assert (out / "metrics.csv").is_file()
+
+    # Several runs in one plot, plus the markdown table.
+    plot_pareto.main([str(out), str(out / "metrics.json"), "--out", str(tmp_path / "p.png"), "--label", "thresholding", "seed"])
+    assert (tmp_path / "p.png").is_file() and (tmp_path / "p_categories.png").is_file()
+
+
+def test_evaluate_drawbench_grids_without_reference(ckpt, tmp_path, tiny_clip):
+    csv = _drawbench_csv(tmp_path / "db.csv")
+    cfg = eval_cfg([f"ckpt={ckpt}", "eval=drawbench", f"eval.csv={csv}", "eval.per_prompt=2", f"eval.clip={tiny_clip}",
+                    "guidance=[3]", "sampler.steps=2", "logger=none", "grid_per_category=2"])
+    metrics = evaluate_script.evaluate(cfg, tmp_path / "db")
+    row = metrics["results"][0]
+    assert metrics["n_reference"] == 0 and "fid" not in row and metrics["n_samples"] == 8
+    assert {"clip_score", "clip_score/Colors", "clip_score/Counting"} <= set(row)
+    assert (tmp_path / "db" / "grids" / "w3.png").is_file()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("guidance=[]", "guidance must be a non-empty list"),
+    ("guidance=[-1]", "guidance must be a non-empty list"),
+    ("eval.n_per_category=0", "n_per_category"),
+])
+def test_evaluate_bad_values_fail_before_sampling(ckpt, override, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_script.evaluate(eval_cfg([f"ckpt={ckpt}", "logger=none", override]), Path("unused"))
+
+
+def test_shapes_eval_prompts_are_balanced_and_unseen():
+    suite = ShapesEval(n_per_category=5, n_reference_per_category=7)
+    suite.bind(compose_cfg([]), 32)
+    prompts = suite.prompts()
+    cats = [p["category"] for p in prompts]
+    assert {c: cats.count(c) for c in set(cats)} == {"counting": 5, "colors": 5, "positional": 5, "descriptions": 5}
+    ref = suite.reference()
+    assert ref.shape == (28, 3, 32, 32) and ref.min() >= -1 and ref.max() <= 1
+    assert not {p["index"] for p in prompts} & {p["index"] for p in suite.reference_prompts()}
