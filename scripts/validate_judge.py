@@ -5,7 +5,7 @@
 
 Imagen §3 uses human raters on DrawBench; the shapes world scores the same categories automatically, so the
 judge itself must be right: it should accept the true caption of a (mildly blurred and noised) val-split
-render and reject other images' captions that are false for it (see :func:`imagen.eval.judge.validate`).
+render and reject other images' captions that are false for it (see :func:`imagen.eval.judge_validation.validate`).
 Requirement: >= 98% acceptance and >= 98% rejection at 32 and 64 px.
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from imagen.eval.judge import validate
+from imagen.eval.judge_validation import validate
 
 REQUIRED = 0.98
 STRESS = ((16.0, 0.5), (8.0, 1.0))  # harsher than the requirement's setting: reported, not required

@@ -8,7 +8,8 @@ import torch
 from hydra.utils import instantiate
 
 from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS, DEFAULT_SHAPES, ShapesWorld
-from imagen.eval.judge import Judge, detect_objects, expected_object_count, label_components, validate
+from imagen.eval.judge import Judge, detect_objects, expected_object_count, label_components
+from imagen.eval.judge_validation import validate
 
 
 def _obj(color: str, shape: str, cx: float, cy: float, size: float) -> dict:
@@ -95,6 +96,7 @@ def test_score_true_and_shuffled_prompts():
     assert result["constraint/exact_objects"] == 1.0
     shuffled = judge.score(images, prompts[1:] + prompts[:1])
     assert shuffled["accuracy"] < 0.2
+    assert result["partial/all"] == 1.0 and shuffled["accuracy"] <= shuffled["partial/all"] < 1.0
     # Captions alone are parsed (constraints and category recovered from the template grammar).
     assert judge.score(images[:4], [{"caption": s.caption} for s in samples[:4]])["accuracy"] == 1.0
 
