@@ -21,6 +21,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("runs", nargs="+", help="evaluate.py run directories or metrics.json files")
     parser.add_argument("--out", default="pareto.png")
     parser.add_argument("--label", nargs="+", default=["thresholding"], help="metrics.json fields naming a curve")
+    parser.add_argument("--x", default=None, help="the alignment metric (default: each run's alignment_key)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     try:
@@ -29,9 +30,9 @@ def main(argv: list[str]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     curves = {", ".join(str(m.get(k, "?")) for k in args.label): m for m in runs}
-    out = plot_pareto(curves, args.out, title=args.title)
+    out = plot_pareto(curves, args.out, x_key=args.x, title=args.title)
     cats = plot_categories(curves, Path(args.out).with_name(Path(args.out).stem + "_categories.png"))
-    keys = ["guidance", "fid", "kid", "saturated", runs[0]["alignment_key"]]
+    keys = ["guidance", "fid", "kid", "saturated", args.x or runs[0]["alignment_key"]]
     cat_keys = sorted({k for m in runs for r in m["results"] for k in r if k.startswith("judge/") and k not in keys})
     print("| run | " + " | ".join(keys + cat_keys) + " |")
     print("|---" * (len(keys) + len(cat_keys) + 1) + "|")

@@ -282,3 +282,16 @@ def test_shapes_eval_prompts_are_balanced_and_unseen():
     ref = suite.reference()
     assert ref.shape == (28, 3, 32, 32) and ref.min() >= -1 and ref.max() <= 1
     assert not {p["index"] for p in prompts} & {p["index"] for p in suite.reference_prompts()}
+
+
+def test_evaluate_on_webdataset_shards_uses_their_images_as_reference(ckpt, tmp_path):
+    shards = sorted(ckpt.parents[2].glob("data/**/*.tar"))
+    assert shards, "the tiny run's shapes shards"
+    cfg = eval_cfg([f"ckpt={ckpt}", "eval=webdataset", f"eval.urls={shards[0]}", "eval.n=6", "guidance=[2]",
+                    "sampler.steps=2", "logger=none", "grid_per_category=3", "kid_subset_size=4"])
+    metrics = evaluate_script.evaluate(cfg, tmp_path / "wds")
+    assert metrics["n_reference"] == 6 and metrics["n_samples"] == 6 and metrics["suite"] == "shards"
+    assert metrics["results"][0]["fid"] >= 0 and "clip_score" not in metrics["results"][0]
+    with pytest.raises(FileNotFoundError, match="missing.tar"):
+        evaluate_script.evaluate(eval_cfg([f"ckpt={ckpt}", "eval=webdataset", f"eval.urls={tmp_path}/missing.tar",
+                                           "logger=none"]), tmp_path / "x")

@@ -20,6 +20,9 @@ from imagen.eval.judge import Judge
 from imagen.eval.suite import EvalSuite
 
 
+ALIGNMENTS = ("accuracy", "partial/all")
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
@@ -31,16 +34,21 @@ class ShapesEval(EvalSuite):
         seed: the validation-split seed the prompts are drawn with (training uses the train split).
         world: ShapesWorld kwargs; null = the world the checkpoint was trained on (`bind`).
         judge: Judge kwargs.
+        alignment: the pareto curves' x-axis: "accuracy" (every constraint of a caption holds) or "partial/all"
+            (the mean fraction that holds: graded, for models that get few captions entirely right).
     """
 
     name = "shapes"
     alignment_key = "judge/accuracy"
 
     def __init__(self, n_per_category: int = 32, n_reference_per_category: int = 128, seed: int = 1234,
-                 world: Any = None, judge: dict | None = None):
+                 world: Any = None, judge: dict | None = None, alignment: str = "accuracy"):
         if n_per_category < 1 or n_reference_per_category < 2:
             raise ValueError(f"eval.n_per_category must be >= 1 and eval.n_reference_per_category >= 2, got "
                              f"{n_per_category}, {n_reference_per_category}")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"eval.alignment={alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+        self.alignment_key = f"judge/{alignment}"
         self.n_per_category, self.n_reference = n_per_category, n_reference_per_category
         self.seed = seed
         self.world_config = _plain(world)
