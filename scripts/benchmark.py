@@ -28,6 +28,7 @@ thresholding, random weights (the time does not depend on them); reports seconds
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import resource
@@ -143,7 +144,7 @@ def benchmark(cfg) -> dict:
 
 
 def sampling_benchmark(cfg) -> dict:
-    """Seconds per image of the configured sampler (`bench.repeats` whole runs after one warm-up run)."""
+    """Seconds per image of the configured sampler (`bench.repeats` whole runs after a 5-step warm-up run)."""
     bench = {**DEFAULTS, **OmegaConf.to_container(cfg.get("bench", {}))}
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"])
     precision = ("bf16" if device.type == "cuda" else "fp32") if bench["precision"] == "auto" else bench["precision"]
@@ -154,14 +155,16 @@ def sampling_benchmark(cfg) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sampler = instantiate(cfg.sampler)
 
-    def run(seed: int) -> float:
+    def run(seed: int, sampler=sampler) -> float:
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             module.sample(captions, guidance_weight=cfg.guidance_weight, sampler=sampler, seed=seed)
         sync()
         return time.perf_counter() - start
 
-    run(0)
+    warm = copy.copy(sampler)
+    warm.steps = min(sampler.steps, 5)  # warm-up: a short run of the same sampler
+    run(0, warm)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [run(r + 1) for r in range(bench["repeats"])]

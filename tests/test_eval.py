@@ -295,3 +295,16 @@ def test_evaluate_on_webdataset_shards_uses_their_images_as_reference(ckpt, tmp_
     with pytest.raises(FileNotFoundError, match="missing.tar"):
         evaluate_script.evaluate(eval_cfg([f"ckpt={ckpt}", "eval=webdataset", f"eval.urls={tmp_path}/missing.tar",
                                            "logger=none"]), tmp_path / "x")
+
+
+def test_benchmark_script_times_sampling_and_training(capsys):
+    import benchmark
+
+    tiny = ["image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "bench.batch_size=2", "bench.repeats=1"]
+    benchmark.main(tiny + ["bench.mode=sample", "sampler=ddim", "sampler.steps=2"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["mode"] == "sample" and out["sampler_steps"] == 2 and out["median_s_per_image"] > 0
+    benchmark.main(tiny + ["bench.steps=1", "bench.warmup=1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["median_s_per_step"] > 0
+    with pytest.raises(SystemExit):
+        benchmark.main(tiny + ["bench.mode=nope"])
