@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--label", nargs="+", default=["thresholding"], help="metrics.json fields naming a curve")
     parser.add_argument("--x", default=None, help="the alignment metric (default: each run's alignment_key)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--log-y", action="store_true", help="FID on a log axis")
     args = parser.parse_args(argv)
     try:
         runs = [read_metrics(r) for r in args.runs]
@@ -30,10 +31,11 @@ def main(argv: list[str]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     curves = {", ".join(str(m.get(k, "?")) for k in args.label): m for m in runs}
-    out = plot_pareto(curves, args.out, x_key=args.x, title=args.title)
+    out = plot_pareto(curves, args.out, x_key=args.x, title=args.title, log_y=args.log_y)
     cats = plot_categories(curves, Path(args.out).with_name(Path(args.out).stem + "_categories.png"))
     keys = ["guidance", "fid", "kid", "saturated", args.x or runs[0]["alignment_key"]]
-    cat_keys = sorted({k for m in runs for r in m["results"] for k in r if k.startswith("judge/") and k not in keys})
+    cat_keys = sorted({k for m in runs for r in m["results"] for k in r
+                       if k.startswith("judge/") and k not in keys and k.count("/") == 1})  # per category
     print("| run | " + " | ".join(keys + cat_keys) + " |")
     print("|---" * (len(keys) + len(cat_keys) + 1) + "|")
     for label, m in curves.items():

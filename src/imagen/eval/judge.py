@@ -464,7 +464,8 @@ class Judge:
             held = list(r["constraints"]) + ([r["exact_objects"]] if r["exact_objects"] is not None else [])
             partial["all"].append(float(np.mean(held)))
             partial[category].append(float(np.mean(held)))
-        out: dict[str, float] = {"accuracy": _mean(overall), "n/all": len(overall), "n/skipped": skipped}
+        out: dict[str, float] = {"accuracy": _mean(overall), "n/all": len(overall), "n/skipped": skipped,
+                                 "se/accuracy": _binomial_se(overall)}
         for cat, v in per_cat.items():
             out[cat], out[f"n/{cat}"] = _mean(v), len(v)
         for t, v in per_type.items():
@@ -472,6 +473,11 @@ class Judge:
         for key, v in partial.items():
             out[f"partial/{key}"] = _mean(v)
         return out
+
+
+def _binomial_se(values: Sequence[bool]) -> float:
+    """Standard error of a rate: sqrt(p (1 - p) / n)."""
+    return float(np.sqrt(np.mean(values) * (1 - np.mean(values)) / len(values))) if len(values) else float("nan")
 
 
 def _mean(values: Sequence[bool]) -> float:

@@ -21,22 +21,44 @@ def read_metrics(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def standard_error_key(key: str) -> str:
+    """Where a metric's standard error is stored: "judge/accuracy" -> "judge/se/accuracy"."""
+    head, _, leaf = key.rpartition("/")
+    return f"{head}/se/{leaf}" if head else f"se/{leaf}"
+
+
+def _rate_se(row: dict, key: str) -> float | None:
+    """Binomial standard error of an accuracy whose sample count is stored beside it ("<head>/n/all")."""
+    head, _, leaf = key.rpartition("/")
+    n = row.get(f"{head}/n/all")
+    if leaf != "accuracy" or not n:
+        return None
+    p = row[key]
+    return (p * (1 - p) / n) ** 0.5
+
+
 def plot_pareto(curves: dict[str, dict], out: str | Path, x_key: str | None = None, y_key: str = "fid",
-                title: str | None = None) -> Path:
-    """curves: label -> metrics.json content. x = the suite's alignment metric (higher is better), y = FID."""
+                title: str | None = None, log_y: bool = False) -> Path:
+    """curves: label -> metrics.json content. x = the suite's alignment metric (higher is better), y = FID;
+    horizontal error bars where the metric has a standard error (binomial, for the judge's accuracy)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     extractors = set()
     for label, metrics in curves.items():
         x_name = x_key or metrics["alignment_key"]
         rows = [r for r in metrics["results"] if r.get(x_name) is not None and r.get(y_key) is not None]
         xs, ys = [r[x_name] for r in rows], [r[y_key] for r in rows]
-        ax.plot(xs, ys, marker="o", label=label)
+        se = [r.get(standard_error_key(x_name), _rate_se(r, x_name)) for r in rows]
+        line, = ax.plot(xs, ys, marker="o", label=label)
+        if all(e is not None for e in se) and rows:
+            ax.errorbar(xs, ys, xerr=se, fmt="none", ecolor=line.get_color(), alpha=0.35, capsize=2)
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(f"{r['guidance']:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         extractors.add(metrics.get("features", "?"))
     ax.set_xlabel(f"{x_key or next(iter(curves.values()))['alignment_key']} (higher is better)")
     ax.set_ylabel(f"{y_key.upper()} [{', '.join(sorted(extractors))}] (lower is better)")
     ax.set_title(title or "FID vs alignment over guidance weights (labels: w)")
+    if log_y:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """The shapes-world evaluation: DrawBench's categories (Imagen §3) scored automatically by the judge.
 
-Prompts are fresh validation-split samples (never training captions), the same number from each category;
+Prompts are the captions of fresh validation-split samples, the same number from each category (an independent
+random stream: new layouts; short captions such as "a red circle" also occur in training, as they would on the web);
 the reference set for FID/KID is the ground-truth renders of another, larger draw of the same categories
 (so the real and generated sets follow the same caption distribution). Alignment = the judge's accuracy
 (all of a caption's constraints hold), overall and per category.
