@@ -60,6 +60,7 @@ def category_grid(images: torch.Tensor, prompts: list[dict], per_row: int):
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     weights = check(cfg)
+    out_dir = Path(out_dir)
     sampler, thresholding = instantiate(cfg.sampler), instantiate(cfg.thresholding)
     suite = build_instantiate(cfg.eval)
     features = build_instantiate(cfg.features)
@@ -68,6 +69,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     prompts = suite.prompts()
     captions = [p["caption"] for p in prompts]
     reference = suite.reference()
+    reference_prompts = suite.reference_prompts()
+    out_dir.mkdir(parents=True, exist_ok=True)
     fidkid = None
     if reference is not None:
         fidkid = FidKid(features, kid_subset_size=cfg.kid_subset_size)
@@ -84,7 +87,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         "thresholding": choices.get("thresholding", type(thresholding).__name__),
         "thresholding_config": OmegaConf.to_container(cfg.thresholding), "seed": cfg.seed,
         "n_samples": len(prompts), "n_reference": 0 if reference is None else len(reference),
-        "reference": {} if reference is None else {**saturation(reference), **suite.score(reference, suite.reference_prompts())},
+        "reference": {} if reference is None else {
+            **saturation(reference), **(suite.score(reference, reference_prompts) if reference_prompts else {})},
         "results": [],
     }
     try:
