@@ -1,0 +1,121 @@
+"""Efficient U-Net of Imagen's super-resolution models (Saharia et al. 2022, App. B.1, Fig. A.28-A.30).
+
+Against the base U-Net (unet.py) it changes four things, each from App. B.1:
+1. Residual blocks per level are given per level (`num_res_blocks` a list), so the low resolutions,
+   which are cheap, get more of the parameters (e.g. [2, 4, 8, 8] for the 64->256 model).
+2. The U-Net skip connections are scaled by 1/sqrt(2) before they are concatenated in the up path.
+3. The order of resampling and convolution is reversed: a down block downsamples *first* and then runs its
+   residual blocks at the lower resolution; an up block runs its residual blocks and *then* upsamples.
+4. Attention only where configured (`attn_resolutions`), plus text conditioning at the lowest resolution
+   (an attention block over image and text tokens there, as the base U-Net's attention layers do).
+One skip connection per block (not per residual block), as in Fig. A.28-A.29. Same call signature as the base
+U-Net, so an SR stage passes `in_channels=6` (noisy image + upsampled low-resolution image).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from imagen.models.attention import AttentionBlock
+from imagen.models.embeddings import TimestepEmbedding
+from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
+from imagen.models.text_conditioning import TextConditioning
+from imagen.models.unet import UNetStage
+
+SKIP_SCALE = 2**-0.5
+
+
+class EfficientUNet(nn.Module):
+    """Efficient U-Net (App. B.1). `num_res_blocks`: one count per level of `channel_mult` (or one for all)."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int | Sequence[int],
+        attn_resolutions: Sequence[int],
+        text_dim: int,
+        cond: Callable[..., TextConditioning],
+        head_dim: int = 64,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        embed_dim: int | None = None,
+        skip_scale: float = SKIP_SCALE,
+    ) -> None:
+        super().__init__()
+        channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
+        levels = len(channel_mult)
+        blocks = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
+        if len(blocks) != levels or min(blocks) < 1:
+            raise ValueError(f"num_res_blocks must be one count >= 1 per level of channel_mult {channel_mult}, got {blocks}")
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by {2 ** (levels - 1)}, the total downsampling "
+                             f"of channel_mult {channel_mult}")
+        reachable = [image_size // 2**i for i in range(levels)]
+        unknown = [r for r in attn_resolutions if r not in reachable]
+        if unknown:
+            raise ValueError(f"attention resolutions {unknown} are never reached by the U-Net; reachable: {reachable}")
+        for i, mult in enumerate(channel_mult):
+            if (reachable[i] in attn_resolutions or i == levels - 1) and (channels * mult) % head_dim:
+                raise ValueError(f"head_dim {head_dim} does not divide {channels * mult} channels at resolution {reachable[i]}")
+        embed_dim = 4 * channels if embed_dim is None else embed_dim
+        groups = num_groups(channels)
+        self.image_size, self.skip_scale = image_size, skip_scale
+        self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
+        context_dim = embed_dim if self.text_cond.has_tokens else None
+        self.time_embed = TimestepEmbedding(channels, embed_dim)
+
+        def res(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, embed_dim, groups, dropout)
+
+        def wants_attention(level: int) -> bool:
+            return reachable[level] in attn_resolutions or level == levels - 1  # text at the lowest resolution
+
+        self.input_conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        ch, skip_channels = channels, []
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            width = channels * mult
+            layers: list[nn.Module] = [Downsample(ch)] if level > 0 else []  # downsample first (App. B.1)
+            layers += [res(ch, width)] + [res(width, width) for _ in range(blocks[level] - 1)]
+            if wants_attention(level):
+                layers.append(AttentionBlock(width, head_dim, groups, context_dim))
+            self.down.append(UNetStage(*layers))
+            ch = width
+            skip_channels.append(ch)
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(levels)):
+            width = channels * channel_mult[level]
+            layers = [res(ch + skip_channels.pop(), width)] + [res(width, width) for _ in range(blocks[level] - 1)]
+            if wants_attention(level):
+                layers.append(AttentionBlock(width, head_dim, groups, context_dim))
+            if level > 0:
+                layers.append(Upsample(width))  # upsample last (App. B.1)
+            self.up.append(UNetStage(*layers))
+            ch = width
+
+        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> Tensor:
+        # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
+        cond = self.text_cond(text_emb, text_mask)
+        emb = self.time_embed(t)  # (B, E)
+        if cond.pooled is not None:
+            emb = emb + cond.pooled
+        h = self.input_conv(x)
+        skips = []
+        for stage in self.down:
+            h = stage(h, emb, cond)
+            skips.append(h)  # one skip per block, at the block's (lower) resolution
+        for stage in self.up:
+            h = stage(torch.cat([h, skips.pop() * self.skip_scale], dim=1), emb, cond)
+        return self.out(h)  # (B, C_out, H, W)
