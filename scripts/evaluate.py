@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +31,7 @@ from imagen.eval.generate import generate
 from imagen.eval.metrics import FidKid, saturation
 from imagen.eval.pareto import plot_categories, plot_pareto
 from imagen.lightning.grid import caption_grid, save_png
-from imagen.run import _finish_wandb, hydra_choices
+from imagen.run import _finish_wandb, hydra_choices, run_script
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +126,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        evaluate(cfg, out_dir)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from pathlib import Path
 
 import hydra
@@ -26,6 +25,7 @@ from PIL import Image
 from imagen.checkpoint import flatten, load_model
 from imagen.eval.generate import generate
 from imagen.lightning.grid import caption_grid, save_png, to_uint8
+from imagen.run import run_script
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,7 @@ def sample(cfg: DictConfig, out_dir: Path) -> Path:
 
 @hydra.main(config_path="../conf", config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        sample(cfg, out_dir)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(sample, cfg)
 
 
 if __name__ == "__main__":

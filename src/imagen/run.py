@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -51,6 +54,16 @@ def run(cfg: DictConfig) -> float | None:
     loss = trainer.callback_metrics.get("train/loss")
     log.info("trained %d steps in %.1f s; run directory %s", trainer.global_step, time.perf_counter() - start, run_dir)
     return None if loss is None else float(loss)
+
+
+def run_script(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> Any:
+    """job(cfg, this Hydra job's run directory) for the scripts (sample, evaluate): bad input (a ValueError or
+    OSError raised before or during the job) is one `error: ...` line and exit status 2, not a traceback."""
+    try:
+        return job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _finish_wandb() -> None:

@@ -23,7 +23,7 @@ from imagen.models.attention import AttentionBlock
 from imagen.models.embeddings import TimestepEmbedding
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextConditioning
-from imagen.models.unet import UNetStage
+from imagen.models.unet import UNetStage, condition, output_head
 
 SKIP_SCALE = 2**-0.5
 
@@ -101,16 +101,11 @@ class EfficientUNet(nn.Module):
             self.up.append(UNetStage(*layers))
             ch = width
 
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = output_head(ch, groups, out_channels)
 
     def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> Tensor:
         # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
-        cond = self.text_cond(text_emb, text_mask)
-        emb = self.time_embed(t)  # (B, E)
-        if cond.pooled is not None:
-            emb = emb + cond.pooled
+        emb, cond = condition(self, t, text_emb, text_mask)  # (B, E), text
         h = self.input_conv(x)
         skips = []
         for stage in self.down:

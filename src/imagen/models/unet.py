@@ -39,6 +39,23 @@ class UNetStage(nn.Module):
         return h
 
 
+def output_head(channels: int, groups: int, out_channels: int) -> nn.Sequential:
+    """GroupNorm -> SiLU -> 3x3 conv, zero-initialised so the network starts by predicting zero."""
+    head = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
+def condition(net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> tuple[Tensor, TextCond]:
+    """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.3), the text)."""
+    cond = net.text_cond(text_emb, text_mask)
+    emb = net.time_embed(t)  # (B, E)
+    if cond.pooled is not None:
+        emb = emb + cond.pooled
+    return emb, cond
+
+
 def _validate(
     image_size: int,
     channels: int,
@@ -145,16 +162,11 @@ class UNet(nn.Module):
                     resolution *= 2
                 self.up.append(UNetStage(*layers))
 
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = output_head(ch, groups, out_channels)
 
     def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> Tensor:
         # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
-        cond = self.text_cond(text_emb, text_mask)
-        emb = self.time_embed(t)  # (B, E)
-        if cond.pooled is not None:
-            emb = emb + cond.pooled  # §2.3: pooled text vector added to the timestep embedding
+        emb, cond = condition(self, t, text_emb, text_mask)  # (B, E), text
         h = self.input_conv(x)  # (B, channels, H, W)
         skips = [h]
         for stage in self.down:
