@@ -4,6 +4,7 @@
         guidance='[1,1.25,1.5,1.75,2,3,4,5,6,7,8,9,10]' thresholding=dynamic
     python scripts/evaluate.py -m ckpt=... thresholding=none,static,dynamic     # one run per thresholding
     python scripts/plot_pareto.py multirun/eval/DATE/TIME/*                      # their curves in one plot
+    python scripts/evaluate.py ckpt='[BASE,SR]' cascade_guidance=1.5 guidance='[1,3,5,8]' aug_level=0.2  # a cascade
 
 For every guidance weight: sample the suite's prompts (`eval=shapes`: the shapes world's four categories;
 `eval=drawbench`: a DrawBench CSV), then FID and KID against the suite's real images with the configured
@@ -11,6 +12,9 @@ feature extractor (`features=shapes|inception`), the suite's alignment score (th
 accuracy per category; the CLIP score) and the saturation statistics. Writes into its run directory
 `metrics.json` (every metric per weight, the number of samples, the feature extractor), `pareto.png`,
 `categories.png`, `grids/w<weight>.png` (a row per category), and logs them to W&B (job_type=eval).
+
+A cascade (§2.4) is evaluated at its final resolution: the lower stages sample once (their guidance
+`cascade_guidance`), their images are written to `grids/<r>px.png`, and the sweep runs the last stage on them.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from imagen.build import instantiate as build_instantiate
-from imagen.checkpoint import flatten, load_model
-from imagen.eval.generate import generate
+from imagen.cascade.cascade import generate_cascade
+from imagen.cascade.load import as_list, load_cascade, per_stage
 from imagen.eval.metrics import FidKid, saturation
 from imagen.eval.pareto import plot_categories, plot_pareto
 from imagen.lightning.grid import caption_grid, save_png
@@ -59,10 +63,18 @@ def category_grid(images: torch.Tensor, prompts: list[dict], per_row: int):
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     weights = check(cfg)
     out_dir = Path(out_dir)
-    sampler, thresholding = instantiate(cfg.sampler), instantiate(cfg.thresholding)
+    n_stages = len(as_list(cfg.ckpt))
+    lower_w: list = []
+    if n_stages > 1:
+        if cfg.cascade_guidance is None:
+            raise ValueError("a cascade needs cascade_guidance: the guidance weight of the stages before the last "
+                             "(one for all or one per stage), e.g. cascade_guidance=1.5")
+        lower_w = per_stage(cfg.cascade_guidance, n_stages - 1, "cascade_guidance")
     suite = build_instantiate(cfg.eval)
     features = build_instantiate(cfg.features)
-    module, train_cfg, info = load_model(cfg.ckpt, flatten(cfg.model), ema=cfg.ema, device=cfg.device)
+    cascade, configs, infos = load_cascade(OmegaConf.merge(cfg, {"guidance": [*lower_w, weights[0]]}))
+    module, train_cfg, info = cascade.modules[-1], configs[-1], infos[-1]
+    sampler, thresholding = cascade.settings[-1].sampler, cascade.settings[-1].thresholding
     suite = suite.bind(train_cfg, module.image_size)
     prompts = suite.prompts()
     captions = [p["caption"] for p in prompts]
@@ -89,10 +101,26 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
             **saturation(reference), **(suite.score(reference, reference_prompts) if reference_prompts else {})},
         "results": [],
     }
+    if n_stages > 1:
+        metrics["cascade"] = {"ckpts": [i["ckpt"] for i in infos], "resolutions": cascade.resolutions,
+                              "guidance": lower_w, "aug_level": [s.aug_level for s in cascade.settings[1:]],
+                              "steps": [getattr(s.sampler, "steps", None) for s in cascade.settings],
+                              "thresholding": [type(s.thresholding).__name__ for s in cascade.settings]}
     try:
+        lower: list[torch.Tensor] = []
+        if n_stages > 1:  # the lower stages' samples, shared by every weight of the sweep
+            start = time.perf_counter()
+            lower = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size, stop=n_stages - 1)
+            metrics["cascade"]["lower_sample_seconds"] = round(time.perf_counter() - start, 2)
+            for images in lower:
+                if cfg.grid_per_category:
+                    save_png(category_grid(images, prompts, cfg.grid_per_category),
+                             out_dir / "grids" / f"{images.shape[-1]}px.png", {"guidance": str(lower_w), "seed": cfg.seed})
         for step, w in enumerate(weights):
             start = time.perf_counter()
-            images = generate(module, captions, w, sampler, thresholding, cfg.seed, cfg.batch_size, desc=f"w={w:g}")
+            cascade.settings[-1].guidance = w
+            images = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size, lowres=lower[-1] if lower else None,
+                                      start=n_stages - 1)[-1]
             row = {"guidance": w, "n_samples": len(images), "sample_seconds": round(time.perf_counter() - start, 2)}
             if fidkid is not None:
                 fidkid.reset_fake()

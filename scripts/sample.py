@@ -1,10 +1,14 @@
-"""Sample images from a trained checkpoint (Imagen §2.2 guidance, §2.3 thresholding).
+"""Sample images from a trained checkpoint or a cascade of them (Imagen §2.2 guidance, §2.3 thresholding, §2.4).
 
     python scripts/sample.py ckpt=RUN/checkpoints/last.ckpt prompt="two red circles" guidance=5 \
         thresholding=dynamic sampler=ddim sampler.steps=50 seed=0 n=8
+    python scripts/sample.py ckpt='[BASE,SR1,SR2]' prompt="..." guidance='[5,8,8]' aug_level='[0.2,0.2]' \
+        steps='[256,128,64]' stage_thresholding='[dynamic,dynamic,static]'
 
 Writes into its run directory `grid.png` (a row per prompt) and `images/<prompt>_<k>.png`, every PNG carrying
-the prompt, seed, guidance weight, sampler, thresholding and checkpoint in its metadata. The model is rebuilt
+the prompt, seed, guidance weight, sampler, thresholding and checkpoint in its metadata. A cascade writes every
+resolution: `grid_<r>px.png`, `images/<r>px/...`, and `cascade.png` (each sample at every resolution, side by
+side); `grid.png` is the last stage's. The model is rebuilt
 from the checkpoint alone (its config travels inside it); `+model.<key>=...` overrides a saved setting
 that differs on this machine (e.g. `+model.encoder.path=/models/t5-v1_1-xxl`).
 """
@@ -18,12 +22,11 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from imagen.checkpoint import flatten, load_model
-from imagen.eval.generate import generate
+from imagen.cascade.cascade import STAGE_SEED_STRIDE, generate_cascade
+from imagen.cascade.load import load_cascade
 from imagen.lightning.grid import caption_grid, save_png, to_uint8
 from imagen.run import run_script
 
@@ -52,8 +55,6 @@ def slug(text: str, n: int = 40) -> str:
 def check(cfg: DictConfig) -> None:
     if cfg.n < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
-    if cfg.guidance < 0:
-        raise ValueError(f"guidance must be >= 0 (1 disables guidance), got {cfg.guidance}")
     if cfg.seed < 0:
         raise ValueError(f"seed must be >= 0, got {cfg.seed}")
 
@@ -61,26 +62,50 @@ def check(cfg: DictConfig) -> None:
 def sample(cfg: DictConfig, out_dir: Path) -> Path:
     check(cfg)
     prompts = read_prompts(cfg)
-    sampler, thresholding = instantiate(cfg.sampler), instantiate(cfg.thresholding)
-    module, _, info = load_model(cfg.ckpt, flatten(cfg.model), ema=cfg.ema, device=cfg.device)
+    cascade, _, infos = load_cascade(cfg)
     captions = [p for p in prompts for _ in range(cfg.n)]
-    images = generate(module, captions, cfg.guidance, sampler, thresholding, cfg.seed, cfg.batch_size)
+    per_stage = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size)  # [(N, 3, r, r) per stage]
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    settings = {"guidance": cfg.guidance, "sampler": choices.get("sampler", type(sampler).__name__),
+
+    def one(values: list):  # a single model's metadata keeps its scalar form
+        return values[0] if len(values) == 1 else values
+
+    st = cascade.settings
+    settings = {"guidance": one([s.guidance for s in st]), "sampler": choices.get("sampler", type(st[0].sampler).__name__),
                 "sampler_config": OmegaConf.to_yaml(cfg.sampler).strip(),
-                "thresholding": choices.get("thresholding", type(thresholding).__name__),
-                "seed": cfg.seed, "batch_size": cfg.batch_size, "ckpt": info["ckpt"], "step": info["global_step"],
-                "ema": info["ema"]}
-    arr = to_uint8(images)
-    for k, caption in enumerate(captions):
-        p, i = divmod(k, cfg.n)
-        meta = {"prompt": caption, **settings, "index": k, "chunk_seed": cfg.seed + k // cfg.batch_size,
-                "index_in_chunk": k % cfg.batch_size}
-        save_png(Image.fromarray(arr[k]), out_dir / "images" / f"{p:03d}_{slug(caption)}_{i:02d}.png", meta)
-    grid = caption_grid(images, captions, per_row=cfg.n, scale=cfg.scale)
+                "steps": one([getattr(s.sampler, "steps", None) for s in st]),
+                "thresholding": one([type(s.thresholding).__name__ for s in st]) if cfg.stage_thresholding
+                else choices.get("thresholding", type(st[0].thresholding).__name__),
+                "seed": cfg.seed, "batch_size": cfg.batch_size, "ckpt": one([i["ckpt"] for i in infos]),
+                "step": one([i["global_step"] for i in infos]), "ema": infos[-1]["ema"]}
+    if len(st) > 1:
+        settings.update({"aug_level": [s.aug_level for s in st[1:]], "stage_seed_stride": STAGE_SEED_STRIDE})
+    for images in per_stage:
+        res = images.shape[-1]
+        sub = out_dir / "images" / (f"{res}px" if len(per_stage) > 1 else "")
+        arr = to_uint8(images)
+        for k, caption in enumerate(captions):
+            p, i = divmod(k, cfg.n)
+            meta = {"prompt": caption, **settings, "resolution": res, "index": k,
+                    "chunk_seed": cfg.seed + k // cfg.batch_size, "index_in_chunk": k % cfg.batch_size}
+            save_png(Image.fromarray(arr[k]), sub / f"{p:03d}_{slug(caption)}_{i:02d}.png", meta)
+        if len(per_stage) > 1:
+            save_png(caption_grid(images, captions, per_row=cfg.n, scale=cfg.scale), out_dir / f"grid_{res}px.png",
+                     {"prompts": " | ".join(prompts), "resolution": res, **settings})
+    grid = caption_grid(per_stage[-1], captions, per_row=cfg.n, scale=cfg.scale)
     path = save_png(grid, out_dir / "grid.png", {"prompts": " | ".join(prompts), **settings})
-    log.info("wrote %d images and %s", len(captions), path)
+    if len(per_stage) > 1:
+        save_png(cascade_picture(per_stage, captions, cfg.scale), out_dir / "cascade.png", settings)
+    log.info("wrote %d images per resolution %s and %s", len(captions), cascade.resolutions, path)
     return path
+
+
+def cascade_picture(per_stage: list[torch.Tensor], captions: list[str], scale: int = 1):
+    """Each sample at every resolution of the cascade, left to right, shown at the final size (nearest)."""
+    final = per_stage[-1].shape[-1]
+    shown = [torch.nn.functional.interpolate(x, size=(final, final), mode="nearest") for x in per_stage]
+    images = torch.stack(shown, dim=1).flatten(0, 1)  # (N * stages, 3, final, final)
+    return caption_grid(images, [c for c in captions for _ in per_stage], per_row=len(per_stage), scale=scale)
 
 
 @hydra.main(config_path="../conf", config_name="sample", version_base="1.3")

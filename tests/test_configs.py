@@ -25,7 +25,8 @@ def compose_cfg(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-GROUPS = ["encoder", "cond", "unet", "schedule", "prediction", "optim", "data", "sampler", "thresholding", "trainer", "logger"]
+GROUPS = ["encoder", "cond", "unet", "schedule", "prediction", "optim", "data", "sampler", "thresholding", "trainer", "logger",
+          "stage", "noise_aug"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

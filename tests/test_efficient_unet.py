@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from imagen.models.attention import AttentionBlock
+from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 from imagen.models.efficient_unet import SKIP_SCALE, EfficientUNet
 from imagen.models.resblock import Downsample, ResBlock, Upsample
 from test_unet import CONDS, TEXT_DIM, inputs, pad
@@ -27,25 +27,35 @@ def make(cond: str = "cross_attn", **overrides) -> EfficientUNet:
 
 @pytest.mark.parametrize("cond", CONDS)
 def test_shapes_sr_input_and_padding_invariance(cond):
-    model = make(cond, in_channels=6)
+    model = make(cond, lowres_channels=3)
     x, t, emb, mask = inputs()
-    low = torch.randn_like(x)  # an SR stage: the noisy image and the upsampled low-resolution image
-    out = model(torch.cat([x, low], 1), t, emb, mask)
+    low, aug = torch.randn_like(x), torch.rand(x.shape[0], dtype=x.dtype)  # the upsampled low-res image, aug_level
+    out = model(x, t, emb, mask, lowres=low, aug_level=aug)
     assert out.shape == x.shape
-    padded = model(torch.cat([x, low], 1), t, *pad(emb, mask, 12))
+    padded = model(x, t, *pad(emb, mask, 12), lowres=low, aug_level=aug)
     torch.testing.assert_close(out, padded)
+    # Both conditioning inputs matter.
+    assert not torch.allclose(out, model(x, t, emb, mask, lowres=low.flip(0), aug_level=aug))
+    assert not torch.allclose(out, model(x, t, emb, mask, lowres=low, aug_level=1 - aug))
 
 
 def test_blocks_per_level_and_reversed_resampling_order():
     model = make()
     kinds = [[type(layer) for layer in stage.layers] for stage in model.down]
-    # Down blocks: downsample FIRST, then the level's residual blocks (1, 2, 3); text attention at the lowest level.
-    assert kinds == [[ResBlock], [Downsample, ResBlock, ResBlock], [Downsample, ResBlock, ResBlock, ResBlock, AttentionBlock]]
+    # Down blocks: downsample FIRST, then the level's residual blocks (1, 2, 3); text cross-attention at the
+    # lowest level, where there is no self-attention (the 1024 model's layout).
+    cross = CrossAttentionBlock
+    assert kinds == [[ResBlock], [Downsample, ResBlock, ResBlock], [Downsample, ResBlock, ResBlock, ResBlock, cross]]
     ups = [[type(layer) for layer in stage.layers] for stage in model.up]
     # Up blocks: residual blocks, then upsample LAST.
-    assert ups == [[ResBlock, ResBlock, ResBlock, AttentionBlock, Upsample], [ResBlock, ResBlock, Upsample], [ResBlock]]
-    with_attn = make(attn_resolutions=[8])
+    assert ups == [[ResBlock, ResBlock, ResBlock, cross, Upsample], [ResBlock, ResBlock, Upsample], [ResBlock]]
+    assert not any(isinstance(m, AttentionBlock) for m in model.modules())  # no self-attention unless configured
+    with_attn = make(attn_resolutions=[8, 2])  # self-attention (+ text keys/values) where configured
     assert isinstance(with_attn.down[0].layers[-1], AttentionBlock)
+    assert isinstance(with_attn.down[2].layers[-1], AttentionBlock)
+    assert not any(isinstance(m, CrossAttentionBlock) for m in with_attn.modules())
+    pooled_only = make("mean_pool")  # no tokens: no cross-attention either
+    assert not any(isinstance(m, (AttentionBlock, CrossAttentionBlock)) for m in pooled_only.modules())
 
 
 def test_skip_connections_are_scaled_by_one_over_sqrt2():

@@ -274,8 +274,32 @@ def test_parameter_counts(name):
         assert abs(count / expected - 1) <= 0.10, count
 
 
+# Super-resolution U-Nets (lowres_channels 3): the paper's stated layouts give these counts with our blocks
+# (the names keep the paper's nominal sizes; see the YAML comments). (expected M, output size, text_dim)
+SR_SIZES = {"sr256_600m": (462.6, 256, 4096), "sr1024_400m": (458.4, 256, 4096), "sr256_standard": (426.2, 256, 4096),
+            "sr_tiny": (3.17, 64, 384), "sr_tiny_standard": (3.18, 64, 384)}
+MATCHED = {"sr256_standard": "sr256_600m", "sr_tiny_standard": "sr_tiny"}  # standard twin -> efficient model
+
+
+def sr_count(name: str) -> int:
+    expected, size, text_dim = SR_SIZES[name]
+    cond = instantiate(OmegaConf.load(CONF / "cond" / "cross_attn.yaml"))
+    with torch.device("meta"):
+        model = instantiate(OmegaConf.load(CONF / "unet" / f"{name}.yaml"))(
+            image_size=size, text_dim=text_dim, cond=cond, lowres_channels=3)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(SR_SIZES))
+def test_sr_parameter_counts(name):
+    count = sr_count(name)
+    assert abs(count / (SR_SIZES[name][0] * 1e6) - 1) <= 0.01, count
+    if name in MATCHED:  # the standard U-Net of the Efficient U-Net ablation is matched in size
+        assert abs(count / sr_count(MATCHED[name]) - 1) <= 0.10
+
+
 def test_every_unet_yaml_is_covered():
-    assert {p.stem for p in (CONF / "unet").glob("*.yaml")} == set(SIZES)
+    assert {p.stem for p in (CONF / "unet").glob("*.yaml")} == set(SIZES) | set(SR_SIZES)
 
 
 def test_tiny_trains_at_32_and_runs_at_64():

@@ -28,7 +28,7 @@ from imagen.lightning.module import ImagenModule
 from imagen.text.cache import TextCache
 
 # The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
-MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction")
+MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction", "stage", "noise_aug")
 RUNTIME_KEYS = ("path", "cache", "memo_size", "_partial_")  # settings that do not change the weights
 
 
@@ -47,6 +47,8 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     """Flat {"unet.channels": 64, ...} of the weight-defining config (runtime-only keys left out)."""
     flat: dict[str, Any] = {"image_size": cfg.image_size}
     for group in MODEL_GROUPS:
+        if group not in cfg:  # a checkpoint from before the group existed
+            continue
         node = OmegaConf.to_container(cfg[group], resolve=True)
         for key, value in node.items():
             if key not in RUNTIME_KEYS:
@@ -86,8 +88,15 @@ def check_resume(cfg: DictConfig) -> None:
                          "resume with the same config or start a new run")
 
 
-def build_unet(cfg: DictConfig, text_dim: int):
-    return instantiate(cfg.unet)(image_size=cfg.image_size, text_dim=text_dim, cond=instantiate(cfg.cond))
+def build_stage(cfg: DictConfig):
+    """The cascade stage (§2.4): base or super-resolution, with its noise augmentation."""
+    return instantiate(cfg.stage)
+
+
+def build_unet(cfg: DictConfig, text_dim: int, stage=None):
+    """The stage's U-Net: its training resolution and extra input channels come from the stage."""
+    stage = stage if stage is not None else build_stage(cfg)
+    return instantiate(cfg.unet)(text_dim=text_dim, cond=instantiate(cfg.cond), **stage.unet_kwargs())
 
 
 def build_text_encoder(cfg: DictConfig):
@@ -122,8 +131,9 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
         datamodule = instantiate(cfg.data)
         text_encoder = open_text_cache(cfg, datamodule).prompt_embeddings(required=datamodule.eval_prompts())
     text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
+    stage = build_stage(cfg)
     return ImagenModule(
-        unet=build_unet(cfg, text_encoder.dim),
+        unet=build_unet(cfg, text_encoder.dim, stage),
         text_encoder=text_encoder,
         schedule=instantiate(cfg.schedule),
         parameterization=instantiate(cfg.prediction),
@@ -138,6 +148,7 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
         image_size=cfg.image_size,
         model_config=model_config(cfg),
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        stage=stage,
     )
 
 

@@ -63,6 +63,8 @@ def load_model(path: str | Path, overrides: dict[str, Any] | None = None, ema: b
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=True)
     cfg.encoder.cache = False  # sampling encodes arbitrary prompts: the frozen encoder itself is needed
+    if "stage" not in cfg:  # trained before the cascade existed: a base model
+        cfg.stage = {"_target_": "imagen.cascade.stage.Base", "image_size": cfg.image_size}
     module = build_module(cfg)
     has_ema = "current_model_state" in ckpt
     state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]

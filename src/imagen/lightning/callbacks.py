@@ -19,23 +19,24 @@ class SampleGrid(pl.Callback):
     in the run directory, and logs it to every logger that can show images (W&B)."""
 
     def __init__(self, out_dir: str, per_row: int):
-        self.out_dir, self.per_row = Path(out_dir), per_row
+        self.out_dir, self.per_row, self._per_row = Path(out_dir), per_row, per_row
         self._images: list[torch.Tensor] = []
         self._captions: list[str] = []
         self.last_path: Path | None = None
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._images, self._captions = [], []
+        self._images, self._captions, self._per_row = [], [], self.per_row
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
         self._images.append(outputs["images"])
         self._captions.extend(outputs["captions"])
+        self._per_row = outputs.get("per_row", self.per_row)  # SR stages: low-res | sample | truth
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self._images or trainer.sanity_checking:
+        if not self._captions or trainer.sanity_checking:
             return
-        grid = caption_grid(torch.cat(self._images), self._captions, self.per_row)
+        grid = caption_grid(torch.cat(self._images), self._captions, self._per_row)
         meta = {"step": trainer.global_step, "guidance_weight": pl_module.guidance_weight,
                 "sampler": type(pl_module.sampler).__name__, "thresholding": type(pl_module.thresholding).__name__}
         self.last_path = save_png(grid, self.out_dir / f"step_{trainer.global_step:06d}.png", meta)

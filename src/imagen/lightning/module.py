@@ -1,10 +1,14 @@
-"""The LightningModule of one Imagen diffusion model (base 64x64 for now; §2, App. A, F).
+"""The LightningModule of one Imagen diffusion model of the cascade: the base model or a super-resolution stage
+(§2, §2.4, App. A, F).
 
 Training step: encode captions with the frozen text encoder (§2.1) -- or take their embeddings, computed
 offline, from the batch (`text_emb`, `text_mask`; `encoder.cache=true`, see imagen.text.cache) -- drop the
 condition with p_uncond for classifier-free guidance (§2.2), noise the image at t ~ U(0, 1) and regress the
-parameterisation's target (App. A). Validation step: sample the held-out prompts with the EMA weights
-(Lightning's EMAWeightAveraging swaps them in for validation) and return the images for the grid callback.
+parameterisation's target (App. A). What the network sees besides the text -- nothing for the base model, the
+noise-augmented low-resolution image for an SR stage -- and the training crop come from the `stage`
+(imagen.cascade.stage). Validation step: sample with the EMA weights (Lightning's EMAWeightAveraging swaps them
+in for validation) and return the images for the grid callback: the held-out prompts for a base model; for an
+SR stage, the first training batch's images downsampled and super-resolved again (low-res | sample | truth).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from imagen.cascade.stage import Base, Stage, downsample, upsample
 from imagen.diffusion.denoiser import GuidedDenoiser
 from imagen.diffusion.guidance import drop_condition
 from imagen.diffusion.loss import DiffusionLoss
@@ -63,6 +68,7 @@ class ImagenModule(pl.LightningModule):
         model_config: the config that defines the network's weights (checked on resume).
         run_config: the whole resolved config of the run, saved in checkpoints so that sampling and evaluation
             rebuild the same model from the checkpoint alone.
+        stage: the cascade stage (default: a base model at image_size).
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class ImagenModule(pl.LightningModule):
         image_size: int = 64,
         model_config: dict | None = None,
         run_config: dict | None = None,
+        stage: Stage | None = None,
     ):
         super().__init__()
         if not 0.0 <= p_uncond <= 1.0:
@@ -99,6 +106,8 @@ class ImagenModule(pl.LightningModule):
         self.image_size = image_size
         self.model_config = model_config or {}
         self.run_config = run_config or {}
+        self.stage = stage or Base(image_size)
+        self._val_reference: tuple[Tensor, list[str]] | None = None  # SR stages: (images, captions) to upsample
 
     @property
     def text_encoder(self) -> nn.Module:
@@ -120,7 +129,8 @@ class ImagenModule(pl.LightningModule):
         embeddings are taken from the batch ("text_emb" (B, L, D), "text_mask" (B, L)) when it has them (§2.1)."""
         text = (batch["text_emb"], batch["text_mask"]) if "text_emb" in batch else self.encode(batch["caption"])
         emb, mask = drop_condition(*text, self.p_uncond)
-        return self.loss_fn(lambda z_t, t: self.unet(z_t, t, emb, mask), batch["image"])
+        x, inputs = self.stage.training_inputs(batch["image"])  # target (crop), low-res conditioning (SR)
+        return self.loss_fn(lambda z_t, t: self.unet(z_t, t, emb, mask, **inputs), x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x = batch["image"]  # (B, 3, H, W) in [-1, 1]
@@ -139,19 +149,35 @@ class ImagenModule(pl.LightningModule):
     # ---------------------------------------------------------------- sampling (§2.2, §2.3)
     @torch.no_grad()
     def sample(self, captions: list[str], guidance_weight: float | None = None, sampler=None, thresholding=None,
-               seed: int = 0) -> Tensor:
-        """Images (B, 3, H, W) in [-1, 1] for the captions; deterministic given the seed."""
+               seed: int = 0, lowres: Tensor | None = None, aug_level: float = 0.0) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for the captions; deterministic given the seed. An SR stage takes the
+        stage below's images `lowres` (B, 3, h, w) in [-1, 1], noise-augmented at `aug_level` (§2.4)."""
         emb, mask = self.encode(captions)
-        denoiser = GuidedDenoiser(self.unet, self.schedule, self.parameterization, emb, mask,
-                                  self.guidance_weight if guidance_weight is None else guidance_weight,
-                                  thresholding or self.thresholding)
         g = torch.Generator(device=self.device).manual_seed(seed)
         z = torch.randn(len(captions), 3, self.image_size, self.image_size, device=self.device, generator=g)
+        lowres = None if lowres is None else lowres.to(self.device, torch.float32)
+        inputs = self.stage.sampling_inputs(len(captions), lowres, aug_level, g)
+        denoiser = GuidedDenoiser(self.unet, self.schedule, self.parameterization, emb, mask,
+                                  self.guidance_weight if guidance_weight is None else guidance_weight,
+                                  thresholding or self.thresholding, **inputs)
         return (sampler or self.sampler)(denoiser, self.schedule, z, g).clamp(-1, 1)
 
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.stage.low_res_size is not None and self._val_reference is None:
+            n = min(len(batch["caption"]), 8)
+            self._val_reference = (batch["image"][:n].detach().clone(), list(batch["caption"][:n]))
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        images = self.sample(batch["caption"], seed=batch_idx)
-        return {"images": images.cpu(), "captions": list(batch["caption"])}
+        if self.stage.low_res_size is None:  # base model: the held-out prompts
+            images = self.sample(batch["caption"], seed=batch_idx)
+            return {"images": images.cpu(), "captions": list(batch["caption"])}
+        if self._val_reference is None:  # SR stage before its first training batch (sanity check)
+            return {"images": torch.empty(0, 3, self.image_size, self.image_size), "captions": []}
+        truth, captions = self._val_reference  # (n, 3, H, W) whole training images, not crops
+        lowres = downsample(truth, self.stage.low_res_size)
+        images = self.sample(captions, seed=batch_idx, lowres=lowres)
+        rows = torch.stack([upsample(lowres, self.image_size), images, truth], dim=1)  # (n, 3 columns, 3, H, W)
+        return {"images": rows.flatten(0, 1).cpu(), "captions": [c for c in captions for _ in range(3)], "per_row": 3}
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

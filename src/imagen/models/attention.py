@@ -105,3 +105,46 @@ class AttentionBlock(nn.Module):
         out = get_attention_backend(self.backend)(self._heads(q), self._heads(k), self._heads(v), key_mask)
         out = out.transpose(1, 2).reshape(b, hgt * wdt, c).transpose(1, 2)  # (B, C, N)
         return x + self.to_out(out).view(b, c, hgt, wdt)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Residual attention of image tokens (queries) over text tokens only (keys/values): the explicit text
+    cross-attention of the self-attention-free 256->1024 Efficient U-Net (App. B.1, F.2).
+
+    A prompt whose mask is all False (the classifier-free-guidance null condition) attends to nothing: its
+    update is zero, so the block is the identity for the unconditional pass. The output projection is
+    zero-initialised so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int, head_dim: int, groups: int, context_dim: int, backend: str | None = None) -> None:
+        super().__init__()
+        if channels % head_dim:
+            raise ValueError(f"head_dim {head_dim} does not divide the attention's channel count {channels}")
+        self.num_heads, self.backend = channels // head_dim, backend
+        self.norm = nn.GroupNorm(groups, channels)
+        self.to_q = nn.Conv1d(channels, channels, 1)
+        self.to_text_kv = nn.Linear(context_dim, 2 * channels)
+        self.to_out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, -1).transpose(1, 2)  # (B, h, N, d)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        # x (B, C, H, W); tokens (B, L, C_ctx); mask (B, L) bool
+        if tokens is None:
+            raise ValueError("a CrossAttentionBlock needs text tokens (a cond with tokens, e.g. cond=cross_attn)")
+        b, c, hgt, wdt = x.shape
+        q = self.to_q(self.norm(x).view(b, c, hgt * wdt)).transpose(1, 2)  # (B, N, C)
+        k, v = self.to_text_kv(tokens).chunk(2, dim=-1)  # each (B, L, C)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        # A fully masked row would be NaN in softmax: give such prompts one dummy key and zero their output.
+        any_valid = mask.any(dim=1)  # (B,)
+        safe_mask = mask.clone()
+        safe_mask[~any_valid, 0] = True
+        out = get_attention_backend(self.backend)(self._heads(q), self._heads(k), self._heads(v), safe_mask)
+        out = out * any_valid.view(b, 1, 1, 1).to(out.dtype)
+        out = out.transpose(1, 2).reshape(b, hgt * wdt, c).transpose(1, 2)  # (B, C, N)
+        return x + self.to_out(out).view(b, c, hgt, wdt)

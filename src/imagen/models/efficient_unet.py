@@ -6,10 +6,12 @@ Against the base U-Net (unet.py) it changes four things, each from App. B.1:
 2. The U-Net skip connections are scaled by 1/sqrt(2) before they are concatenated in the up path.
 3. The order of resampling and convolution is reversed: a down block downsamples *first* and then runs its
    residual blocks at the lower resolution; an up block runs its residual blocks and *then* upsamples.
-4. Attention only where configured (`attn_resolutions`), plus text conditioning at the lowest resolution
-   (an attention block over image and text tokens there, as the base U-Net's attention layers do).
+4. Self-attention only where configured (`attn_resolutions`; its keys/values extended with the text tokens, as
+   in the base U-Net), and text cross-attention at the lowest resolution when no self-attention is there
+   (the 256->1024 model has no self-attention at all and keeps explicit text cross-attention, App. F.2).
 One skip connection per block (not per residual block), as in Fig. A.28-A.29. Same call signature as the base
-U-Net, so an SR stage passes `in_channels=6` (noisy image + upsampled low-resolution image).
+U-Net; an SR stage passes `lowres_channels=3` (the upsampled low-resolution image, concatenated) and gets an
+aug_level embedding (§2.4).
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from imagen.models.attention import AttentionBlock
-from imagen.models.embeddings import TimestepEmbedding
+from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextConditioning
-from imagen.models.unet import UNetStage, condition, output_head
+from imagen.models.unet import UNetStage, add_inputs, condition, network_input, output_head
 
 SKIP_SCALE = 2**-0.5
 
@@ -46,6 +47,7 @@ class EfficientUNet(nn.Module):
         in_channels: int = 3,
         out_channels: int = 3,
         embed_dim: int | None = None,
+        lowres_channels: int = 0,
         skip_scale: float = SKIP_SCALE,
     ) -> None:
         super().__init__()
@@ -69,23 +71,25 @@ class EfficientUNet(nn.Module):
         self.image_size, self.skip_scale = image_size, skip_scale
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
         context_dim = embed_dim if self.text_cond.has_tokens else None
-        self.time_embed = TimestepEmbedding(channels, embed_dim)
+        add_inputs(self, in_channels, lowres_channels, channels, embed_dim)
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
 
-        def wants_attention(level: int) -> bool:
-            return reachable[level] in attn_resolutions or level == levels - 1  # text at the lowest resolution
+        def attention(level: int, width: int) -> list[nn.Module]:
+            if reachable[level] in attn_resolutions:  # self-attention (+ text keys/values)
+                return [AttentionBlock(width, head_dim, groups, context_dim)]
+            if level == levels - 1 and context_dim is not None:  # text cross-attention at the lowest resolution
+                return [CrossAttentionBlock(width, head_dim, groups, context_dim)]
+            return []
 
-        self.input_conv = nn.Conv2d(in_channels, channels, 3, padding=1)
         ch, skip_channels = channels, []
         self.down = nn.ModuleList()
         for level, mult in enumerate(channel_mult):
             width = channels * mult
             layers: list[nn.Module] = [Downsample(ch)] if level > 0 else []  # downsample first (App. B.1)
             layers += [res(ch, width)] + [res(width, width) for _ in range(blocks[level] - 1)]
-            if wants_attention(level):
-                layers.append(AttentionBlock(width, head_dim, groups, context_dim))
+            layers += attention(level, width)
             self.down.append(UNetStage(*layers))
             ch = width
             skip_channels.append(ch)
@@ -94,8 +98,7 @@ class EfficientUNet(nn.Module):
         for level in reversed(range(levels)):
             width = channels * channel_mult[level]
             layers = [res(ch + skip_channels.pop(), width)] + [res(width, width) for _ in range(blocks[level] - 1)]
-            if wants_attention(level):
-                layers.append(AttentionBlock(width, head_dim, groups, context_dim))
+            layers += attention(level, width)
             if level > 0:
                 layers.append(Upsample(width))  # upsample last (App. B.1)
             self.up.append(UNetStage(*layers))
@@ -103,10 +106,12 @@ class EfficientUNet(nn.Module):
 
         self.out = output_head(ch, groups, out_channels)
 
-    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor, lowres: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
         # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
-        emb, cond = condition(self, t, text_emb, text_mask)  # (B, E), text
-        h = self.input_conv(x)
+        # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
+        emb, cond = condition(self, t, text_emb, text_mask, aug_level)  # (B, E), text
+        h = network_input(self, x, lowres)
         skips = []
         for stage in self.down:
             h = stage(h, emb, cond)

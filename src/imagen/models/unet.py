@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from imagen.models.attention import AttentionBlock
+from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 from imagen.models.embeddings import TimestepEmbedding
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextCond, TextConditioning
@@ -32,7 +32,7 @@ class UNetStage(nn.Module):
         for layer in self.layers:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
-            elif isinstance(layer, AttentionBlock):
+            elif isinstance(layer, (AttentionBlock, CrossAttentionBlock)):
                 h = layer(h, cond.tokens, cond.mask)
             else:
                 h = layer(h)
@@ -47,13 +47,37 @@ def output_head(channels: int, groups: int, out_channels: int) -> nn.Sequential:
     return head
 
 
-def condition(net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> tuple[Tensor, TextCond]:
-    """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.3), the text)."""
+def condition(net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor,
+              aug_level: Tensor | None = None) -> tuple[Tensor, TextCond]:
+    """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.3)
+    [+ the noise-augmentation level's embedding, SR stages (§2.4)], the text)."""
     cond = net.text_cond(text_emb, text_mask)
     emb = net.time_embed(t)  # (B, E)
     if cond.pooled is not None:
         emb = emb + cond.pooled
+    if net.aug_embed is not None:
+        if aug_level is None:
+            raise ValueError("a super-resolution U-Net needs aug_level (B,) with its low-resolution image")
+        emb = emb + net.aug_embed(aug_level)
     return emb, cond
+
+
+def network_input(net: nn.Module, x: Tensor, lowres: Tensor | None) -> Tensor:
+    """The input convolution over the noisy image [+ the upsampled low-resolution image, channel-concatenated
+    (§2.4)]: (B, channels, H, W)."""
+    if (lowres is None) != (net.lowres_channels == 0):
+        raise ValueError(f"this U-Net takes {net.lowres_channels} low-resolution channels, got "
+                         f"{'none' if lowres is None else lowres.shape[1]}")
+    return net.input_conv(x if lowres is None else torch.cat([x, lowres], dim=1))
+
+
+def add_inputs(net: nn.Module, in_channels: int, lowres_channels: int, channels: int, embed_dim: int) -> None:
+    """The U-Nets' shared input layers: the time embedding, the input convolution, and for SR stages the
+    aug_level embedding (embedded like the time, §2.4)."""
+    net.lowres_channels = lowres_channels
+    net.time_embed = TimestepEmbedding(channels, embed_dim)
+    net.aug_embed = TimestepEmbedding(channels, embed_dim) if lowres_channels else None
+    net.input_conv = nn.Conv2d(in_channels + lowres_channels, channels, 3, padding=1)
 
 
 def _validate(
@@ -95,7 +119,8 @@ def _validate(
 
 
 class UNet(nn.Module):
-    """Base 64x64 U-Net of Imagen (App. F.1), ADM-style."""
+    """Base 64x64 U-Net of Imagen (App. F.1), ADM-style; with `lowres_channels=3` the standard (non-efficient)
+    super-resolution U-Net of the Efficient U-Net ablation (App. B.1)."""
 
     def __init__(
         self,
@@ -112,6 +137,7 @@ class UNet(nn.Module):
         in_channels: int = 3,
         out_channels: int = 3,
         embed_dim: int | None = None,
+        lowres_channels: int = 0,
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
@@ -123,7 +149,7 @@ class UNet(nn.Module):
         # Text pathway (§2.3): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
         context_dim = embed_dim if self.text_cond.has_tokens else None
-        self.time_embed = TimestepEmbedding(channels, embed_dim)
+        add_inputs(self, in_channels, lowres_channels, channels, embed_dim)
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
@@ -131,7 +157,6 @@ class UNet(nn.Module):
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(c, head_dim, groups, context_dim)
 
-        self.input_conv = nn.Conv2d(in_channels, channels, 3, padding=1)
         resolution, ch = image_size, channels
         skip_channels = [ch]
         self.down = nn.ModuleList()
@@ -164,10 +189,12 @@ class UNet(nn.Module):
 
         self.out = output_head(ch, groups, out_channels)
 
-    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor, lowres: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
         # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
-        emb, cond = condition(self, t, text_emb, text_mask)  # (B, E), text
-        h = self.input_conv(x)  # (B, channels, H, W)
+        # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
+        emb, cond = condition(self, t, text_emb, text_mask, aug_level)  # (B, E), text
+        h = network_input(self, x, lowres)  # (B, channels, H, W)
         skips = [h]
         for stage in self.down:
             h = stage(h, emb, cond)
