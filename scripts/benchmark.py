@@ -155,10 +155,13 @@ def sampling_benchmark(cfg) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sampler = instantiate(cfg.sampler)
 
+    low = module.stage.low_res_size  # an SR stage upsamples random low-resolution images (the time is the same)
+    lowres = None if low is None else torch.rand(b, 3, low, low, device=device) * 2 - 1
+
     def run(seed: int, sampler=sampler) -> float:
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            module.sample(captions, guidance_weight=cfg.guidance_weight, sampler=sampler, seed=seed)
+            module.sample(captions, guidance_weight=cfg.guidance_weight, sampler=sampler, seed=seed, lowres=lowres)
         sync()
         return time.perf_counter() - start
 
@@ -171,7 +174,7 @@ def sampling_benchmark(cfg) -> dict:
     med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
-        "mode": "sample", "sampler": type(sampler).__name__, "sampler_steps": sampler.steps,
+        "mode": "sample", "unet": cfg.unet.get("_target_", "").rsplit(".", 1)[-1], "sampler": type(sampler).__name__, "sampler_steps": sampler.steps,
         "thresholding": type(module.thresholding).__name__, "guidance_weight": cfg.guidance_weight,
         "unet_parameters": sum(p.numel() for p in module.unet.parameters()), "image_size": cfg.image_size,
         "batch_size": b, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
