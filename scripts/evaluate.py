@@ -14,7 +14,9 @@ accuracy per category; the CLIP score) and the saturation statistics. Writes int
 `categories.png`, `grids/w<weight>.png` (a row per category), and logs them to W&B (job_type=eval).
 
 A cascade (§2.4) is evaluated at its final resolution: the lower stages sample once (their guidance
-`cascade_guidance`), their images are written to `grids/<r>px.png`, and the sweep runs the last stage on them.
+`cascade_guidance`), their images are written to `grids/<r>px.png`, and the sweep runs the last stage on them;
+`metrics.json` also scores the stage below's samples bilinearly upsampled (`cascade.lower_upsampled`), the
+baseline a super-resolution stage has to beat.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from imagen.build import instantiate as build_instantiate
 from imagen.cascade.cascade import generate_cascade
 from imagen.cascade.load import as_list, load_cascade, per_stage
+from imagen.cascade.stage import upsample
 from imagen.eval.metrics import FidKid, saturation
 from imagen.eval.pareto import plot_categories, plot_pareto
 from imagen.lightning.grid import caption_grid, save_png
@@ -112,6 +115,14 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
             start = time.perf_counter()
             lower = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size, stop=n_stages - 1)
             metrics["cascade"]["lower_sample_seconds"] = round(time.perf_counter() - start, 2)
+            # The baseline an SR stage must beat: the stage below's samples, bilinearly upsampled.
+            upsampled = upsample(lower[-1], module.image_size)
+            baseline = {**saturation(upsampled), **suite.score(upsampled, prompts)}
+            if fidkid is not None:
+                fidkid.reset_fake()
+                fidkid.update_fake(upsampled)
+                baseline.update(fidkid.compute())
+            metrics["cascade"]["lower_upsampled"] = baseline
             for images in lower:
                 if cfg.grid_per_category:
                     save_png(category_grid(images, prompts, cfg.grid_per_category),

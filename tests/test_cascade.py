@@ -286,6 +286,7 @@ def test_evaluate_a_cascade_at_its_final_resolution(ckpts, tmp_path):
     metrics = evaluate_script.evaluate(eval_cfg(overrides), tmp_path)
     assert [r["guidance"] for r in metrics["results"]] == [1.0, 3.0]
     assert metrics["cascade"]["resolutions"] == [16, 32] and metrics["cascade"]["aug_level"] == [0.2]
+    assert {"fid", "judge/accuracy", "saturated"} <= set(metrics["cascade"]["lower_upsampled"])  # the baseline
     assert all(r["n_samples"] == 4 and "fid" in r and "judge/accuracy" in r for r in metrics["results"])
     assert (tmp_path / "grids" / "16px.png").is_file() and (tmp_path / "grids" / "w3.png").is_file()
     assert Image.open(tmp_path / "grids" / "w3.png").size[1] == 4 * (32 * 2 + 2)  # scored at 32 px
