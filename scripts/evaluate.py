@@ -94,7 +94,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     for lg in loggers:
         lg.log_hyperparams({"config": config, "choices": choices, "train_config": OmegaConf.to_container(train_cfg)})
     metrics = {
-        "ckpt": info["ckpt"], "step": info["global_step"], "ema": info["ema"], "suite": suite.name,
+        "label": cfg.label, "ckpt": info["ckpt"], "step": info["global_step"], "ema": info["ema"], "suite": suite.name,
         "alignment_key": suite.alignment_key, "features": getattr(features, "name", type(features).__name__),
         "sampler": choices.get("sampler", type(sampler).__name__), "sampler_config": OmegaConf.to_container(cfg.sampler),
         "thresholding": choices.get("thresholding", type(thresholding).__name__),

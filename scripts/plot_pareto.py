@@ -3,7 +3,8 @@
     python scripts/plot_pareto.py multirun/eval/DATE/TIME/* --out pareto.png --label thresholding
 
 Each argument is a run directory of scripts/evaluate.py (or its metrics.json). Curves are labelled by the
-given metrics.json fields (default: thresholding). Also writes `<out stem>_categories.png` (per-category
+given metrics.json fields (default: thresholding; dotted paths such as cascade.aug_level, or the run's free-text
+`label`). Also writes `<out stem>_categories.png` (per-category
 alignment against the guidance weight) and prints one markdown table row per run and weight.
 """
 
@@ -16,11 +17,21 @@ from pathlib import Path
 from imagen.eval.pareto import plot_categories, plot_pareto, read_metrics
 
 
+def field(metrics: dict, key: str):
+    """A metrics.json field by dotted path (e.g. cascade.aug_level); "?" when absent."""
+    node = metrics
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "?"
+        node = node[part]
+    return node
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="evaluate.py run directories or metrics.json files")
     parser.add_argument("--out", default="pareto.png")
-    parser.add_argument("--label", nargs="+", default=["thresholding"], help="metrics.json fields naming a curve")
+    parser.add_argument("--label", nargs="+", default=["thresholding"], help="metrics.json fields naming a curve (dotted paths allowed)")
     parser.add_argument("--x", default=None, help="the alignment metric (default: each run's alignment_key)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--log-y", action="store_true", help="FID on a log axis")
@@ -30,7 +41,7 @@ def main(argv: list[str]) -> None:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    curves = {", ".join(str(m.get(k, "?")) for k in args.label): m for m in runs}
+    curves = {", ".join(str(field(m, k)) for k in args.label): m for m in runs}
     out = plot_pareto(curves, args.out, x_key=args.x, title=args.title, log_y=args.log_y)
     cats = plot_categories(curves, Path(args.out).with_name(Path(args.out).stem + "_categories.png"))
     keys = ["guidance", "fid", "kid", "saturated", args.x or runs[0]["alignment_key"]]

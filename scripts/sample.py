@@ -95,17 +95,19 @@ def sample(cfg: DictConfig, out_dir: Path) -> Path:
     grid = caption_grid(per_stage[-1], captions, per_row=cfg.n, scale=cfg.scale)
     path = save_png(grid, out_dir / "grid.png", {"prompts": " | ".join(prompts), **settings})
     if len(per_stage) > 1:
-        save_png(cascade_picture(per_stage, captions, cfg.scale), out_dir / "cascade.png", settings)
+        save_png(cascade_picture(per_stage, captions, cfg.n, cfg.scale), out_dir / "cascade.png", settings)
     log.info("wrote %d images per resolution %s and %s", len(captions), cascade.resolutions, path)
     return path
 
 
-def cascade_picture(per_stage: list[torch.Tensor], captions: list[str], scale: int = 1):
-    """Each sample at every resolution of the cascade, left to right, shown at the final size (nearest)."""
+def cascade_picture(per_stage: list[torch.Tensor], captions: list[str], per_prompt: int, scale: int = 1):
+    """A row per prompt: each of its samples at every resolution of the cascade, left to right, shown at the
+    final size (nearest)."""
     final = per_stage[-1].shape[-1]
     shown = [torch.nn.functional.interpolate(x, size=(final, final), mode="nearest") for x in per_stage]
     images = torch.stack(shown, dim=1).flatten(0, 1)  # (N * stages, 3, final, final)
-    return caption_grid(images, [c for c in captions for _ in per_stage], per_row=len(per_stage), scale=scale)
+    labels = [c for c in captions for _ in per_stage]
+    return caption_grid(images, labels, per_row=per_prompt * len(per_stage), scale=scale)
 
 
 @hydra.main(config_path="../conf", config_name="sample", version_base="1.3")

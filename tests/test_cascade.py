@@ -250,7 +250,8 @@ def test_sample_script_writes_every_resolution_of_a_cascade(ckpts, tmp_path):
     meta = Image.open(sorted((tmp_path / "images" / "32px").glob("*.png"))[0]).info
     assert meta["guidance"] == "[2.0, 3.0]" and meta["aug_level"] == "[0.2]" and meta["resolution"] == "32"
     assert meta["thresholding"] == "['DynamicThresholding', 'StaticThresholding']"
-    assert Image.open(tmp_path / "cascade.png").size[0] == 180 + 2 * (32 * 2 + 2)  # each sample at both resolutions
+    # A row per prompt: each of its 2 samples at both resolutions.
+    assert Image.open(tmp_path / "cascade.png").size == (180 + 2 * 2 * (32 * 2 + 2), 2 * (32 * 2 + 2))
 
 
 @pytest.mark.parametrize("args,message", [
