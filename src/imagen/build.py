@@ -127,11 +127,11 @@ def open_text_cache(cfg: DictConfig, datamodule) -> TextCache:
 
 
 def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
+    stage = build_stage(cfg)  # first: a bad stage is refused before an encoder is loaded
     if text_encoder is None and cfg.encoder.get("cache"):  # the eval prompts' cached embeddings stand in
         datamodule = instantiate(cfg.data)
         text_encoder = open_text_cache(cfg, datamodule).prompt_embeddings(required=datamodule.eval_prompts())
     text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
-    stage = build_stage(cfg)
     return ImagenModule(
         unet=build_unet(cfg, text_encoder.dim, stage),
         text_encoder=text_encoder,
