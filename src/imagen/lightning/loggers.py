@@ -6,6 +6,7 @@ A CSVLogger always writes `metrics.csv` into the run directory, so runs can be c
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import warnings
@@ -45,7 +46,11 @@ def wandb_logger(save_dir: str, project: str, name: str | None = None, group: st
             logger = WandbLogger(
                 save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []),
                 job_type=job_type, mode=run_mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True))
-            _ = logger.experiment  # start the run now (rank 0), so a dead server is found before training
+            run = logger.experiment  # start the run now (rank 0), so a dead server is found before training
+            if getattr(run, "id", None):  # rank 0: a line per W&B run in the folder, for tests and compare_runs
+                with open(Path(save_dir) / "wandb_runs.jsonl", "a") as f:
+                    f.write(json.dumps({"id": run.id, "name": name, "group": group, "job_type": job_type, "project": project,
+                                        "mode": run_mode, "tags": list(tags or [])}) + "\n")
             return logger
 
         run_mode = wandb_mode(mode)

@@ -42,6 +42,9 @@ class FrozenTextEncoder(nn.Module):
         dtype: weights' dtype ("float32", "bfloat16", "float16"); the embeddings are returned in float32.
         memo_size: captions whose embeddings are kept in memory (0 = none). Captions repeat across epochs,
             and a frozen encoder gives each the same embedding, so repeats skip the encoder; bounded LRU.
+        random_init_seed: None loads the pretrained weights. An integer builds the same architecture and tokenizer
+            with freshly initialised weights (seeded, so every load is the same network): the control arm of
+            "does a pretrained language model matter" (App. D.1 compares pretrained encoders only).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class FrozenTextEncoder(nn.Module):
         dtype: str = "float32",
         revision: str | None = None,
         memo_size: int = 0,
+        random_init_seed: int | None = None,
     ):
         super().__init__()
         if memo_size < 0:
@@ -64,13 +68,23 @@ class FrozenTextEncoder(nn.Module):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"encoder.dtype must be one of float32, bfloat16, float16, got {dtype!r}")
         self.name, self.path, self.layer, self.max_length = name, path, layer, max_length
-        self.dtype_name, self.revision = dtype, revision
+        self.dtype_name, self.revision, self.random_init_seed = dtype, revision, random_init_seed
         source = self._resolve_source()
         from transformers import AutoTokenizer
 
         kwargs = dict(revision=revision, local_files_only=source["local_only"])
         self.tokenizer = AutoTokenizer.from_pretrained(source["id"], **kwargs)
-        self.model = get_class(model_class).from_pretrained(source["id"], dtype=getattr(torch, dtype), **kwargs)
+        cls = get_class(model_class)
+        if random_init_seed is None:
+            self.model = cls.from_pretrained(source["id"], dtype=getattr(torch, dtype), **kwargs)
+        else:  # the pretrained architecture, randomly initialised (the global RNG is left untouched)
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source["id"], **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(random_init_seed)
+                self.model = cls.from_config(config).to(getattr(torch, dtype)) if hasattr(cls, "from_config") \
+                    else cls._from_config(config).to(getattr(torch, dtype))
         self.model.eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model)
 
@@ -99,7 +113,11 @@ class FrozenTextEncoder(nn.Module):
     @property
     def identity(self) -> dict:
         """What defines this encoder's embeddings (for caches and logs)."""
-        return {"name": self.name, "revision": self.revision, "layer": self.layer, "max_length": self.max_length, "dtype": self.dtype_name}
+        identity = {"name": self.name, "revision": self.revision, "layer": self.layer, "max_length": self.max_length,
+                    "dtype": self.dtype_name}
+        if self.random_init_seed is not None:
+            identity["random_init_seed"] = self.random_init_seed
+        return identity
 
     @torch.no_grad()
     def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:

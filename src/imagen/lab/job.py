@@ -1,0 +1,103 @@
+"""One job of an ablation sweep, made safe to run inside a Hydra multirun, under DDP and on SLURM.
+
+The record `<run_dir>/job.json` is what makes a sweep correct and restartable:
+
+- it is written by global rank 0 only (under SLURM every task runs the job function; Lightning's loggers are
+  rank-0 only too), so a DDP job leaves one record, one checkpoint folder, one `metrics.csv` and one W&B run;
+- `status` is `running`, then `completed` (training and the final evaluation done) or `failed` with the error;
+  a re-run of the same sweep command (same folders: `multirun/<ablation>/<overrides>`) skips completed jobs,
+  and a failed or interrupted one resumes from its `checkpoints/last.ckpt` (also what a SLURM requeue does);
+- a failing job (out of memory, a non-finite loss, a bad config) is recorded and the sweep goes on;
+- each job restores the process environment it started with, so DDP variables (MASTER_PORT, RANK, ...) set by
+  one job never leak into the next job of the same process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+RECORD = "job.json"
+
+
+def global_rank() -> int:
+    """This process's global rank from the launcher's environment (0 outside distributed runs). Read at call
+    time: SLURM sets SLURM_PROCID for every task before Python starts; Lightning's launchers set RANK."""
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:  # a record cut by a crash mid-write counts as an interrupted job
+        return {"status": "interrupted"}
+
+
+class JobRecord:
+    """`<run_dir>/job.json`: what ran, how it ended, how long it took. A no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: str | Path, **fields: Any):
+        self.path = Path(run_dir) / RECORD
+        self.enabled = global_rank() == 0
+        previous = read_record(run_dir) or {}
+        self.data: dict[str, Any] = {**previous, **fields, "attempts": previous.get("attempts", 0) + 1}
+        self.data.setdefault("evals", {})
+
+    @property
+    def previous_status(self) -> str | None:
+        return self.data.get("status")
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, default=str))
+            tmp.replace(self.path)  # atomic: a reader never sees half a record
+
+    def start(self) -> None:
+        self.update(status="running", started=now(), finished=None, error=None)
+
+    def complete(self, **fields: Any) -> None:
+        self.update(status="completed", finished=now(), error=None, **fields)
+
+    def fail(self, err: BaseException) -> None:
+        tail = traceback.format_exception(type(err), err, err.__traceback__)[-6:]
+        self.update(status="failed", finished=now(), error=f"{type(err).__name__}: {err}", traceback="".join(tail))
+
+
+@contextmanager
+def isolated_environment() -> Iterator[None]:
+    """Restore os.environ on exit: a DDP job's MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE must not reach the next
+    job of a multirun (../shared/ENVIRONMENT.md: a `devices=2,1` sweep crashed on exactly that)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
+        _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
