@@ -23,7 +23,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor
 
-from imagen.lightning.callbacks import EMA, SampleGrid
+from imagen.lightning.callbacks import LogRunConfig, EMA, SampleGrid
 from imagen.lightning.module import ImagenModule
 from imagen.text.cache import TextCache
 
@@ -164,9 +164,10 @@ def batch_size(batch: dict) -> int:
     return len(batch["caption"])
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = None, hparams: dict | None = None) -> pl.Trainer:
     run_dir = Path(run_dir)
     callbacks = [
+        LogRunConfig(hparams or {}, str(run_dir)),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
                         every_n_train_steps=cfg.checkpoint_every_n_steps, filename="step_{step:07d}",
                         auto_insert_metric_name=False),

@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> float | None:
     choices = hydra_choices()
     record = JobRecord(run_dir, ablation=cfg.ablation, seed=cfg.seed, choices=choices, dir=str(run_dir),
                        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
-    with isolated_environment():
+    with isolated_environment(run_dir):
         try:
             return _train_and_evaluate(cfg, run_dir, record, choices)
         except (Exception, SystemExit) as err:
@@ -98,10 +98,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choic
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if global_rank() == 0:
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config_resolved.yaml")
-    for logger in loggers:
-        logger.log_hyperparams({"config": resolved, "choices": choices,
-                                "unet_parameters": sum(p.numel() for p in module.unet.parameters())})
-    trainer = build_trainer(cfg, run_dir, loggers)
+    hparams = {"config": resolved, "choices": choices, "unet_parameters": sum(p.numel() for p in module.unet.parameters())}
+    trainer = build_trainer(cfg, run_dir, loggers, hparams)
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)

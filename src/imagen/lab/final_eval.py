@@ -73,9 +73,9 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
     """(name, combination, evaluate config, choices) of every evaluation, composed now: an unknown option or a
     missing lower-stage checkpoint fails before training, not after it."""
     fe = cfg.final_eval
-    if OmegaConf.is_missing(fe, "below"):
-        raise ValueError("final_eval.below is required: the checkpoints of the cascade's stages below this one, base "
-                         "first, e.g. final_eval.below='[RUN/checkpoints/last.ckpt]'")
+    if cfg.stage.get("low_res_size") and not fe.below:
+        raise ValueError("final_eval.below is required for a super-resolution stage: the checkpoints of the cascade's "
+                         "stages below it, base first, e.g. final_eval.below='[BASE_RUN/checkpoints/last.ckpt]'")
     below = [str(p) for p in fe.below]
     for p in below:
         if not Path(p).is_file():

@@ -82,17 +82,26 @@ class JobRecord:
         self.update(status="failed", finished=now(), error=f"{type(err).__name__}: {err}", traceback="".join(tail))
 
 
+JOB_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK",
+           "GROUP_RANK", "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "TORCHELASTIC_RUN_ID", "WANDB_DIR")
+
+
 @contextmanager
-def isolated_environment() -> Iterator[None]:
-    """Restore os.environ on exit: a DDP job's MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE must not reach the next
-    job of a multirun (../shared/ENVIRONMENT.md: a `devices=2,1` sweep crashed on exactly that)."""
-    saved = dict(os.environ)
+def isolated_environment(run_dir: str | Path) -> Iterator[None]:
+    """Restore the distributed variables (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, ...) on exit: a DDP job's must
+    not reach the next job of a multirun (../shared/ENVIRONMENT.md: a `devices=2,1` sweep crashed on exactly that).
+    Only those: others belong to long-lived services of the process (W&B's service address, for one).
+    WANDB_DIR is the job's folder meanwhile, so W&B files written by a spawned worker land there too."""
+    saved = {k: os.environ.get(k) for k in JOB_ENV}
+    os.environ["WANDB_DIR"] = str(run_dir)
     try:
         yield
     finally:
-        for key in set(os.environ) - set(saved):
-            del os.environ[key]
-        os.environ.update(saved)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         _destroy_process_group()
 
 

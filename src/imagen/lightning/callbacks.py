@@ -45,6 +45,22 @@ class SampleGrid(pl.Callback):
                 logger.log_image(key="samples/grid", images=[grid], step=trainer.global_step)
 
 
+class LogRunConfig(pl.Callback):
+    """Logs the run's resolved config to every logger when fitting starts, in the process that logs (rank 0 of the
+    spawned workers under ddp_spawn, the main process otherwise), and records a W&B run started or attached there."""
+
+    def __init__(self, hparams: dict[str, Any], save_dir: str):
+        self.hparams, self.save_dir = hparams, save_dir
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from .loggers import record_wandb_run
+
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.hparams)
+            record_wandb_run(logger, self.save_dir)  # once per run id
+
+
 class ExponentialAverage:
     """ema <- decay * ema + (1 - decay) * current; a class, so that it pickles (torch's is a closure)."""
 

@@ -29,14 +29,33 @@ def wandb_mode(requested: str | None = None) -> str:
     return requested or os.environ.get("WANDB_MODE") or ("online" if _wandb_key_available() else "offline")
 
 
-def csv_logger(save_dir: str, name: str = "", **_) -> list[Logger]:
-    return [CSVLogger(save_dir=save_dir, name=name, version="")]
+def csv_logger(save_dir: str, **_) -> list[Logger]:
+    """metrics.csv directly in the run directory (a run's name and group are W&B's business)."""
+    return [CSVLogger(save_dir=save_dir, name="", version="")]
+
+
+def record_wandb_run(logger: Logger, save_dir: str | Path) -> None:
+    """Append the started W&B run (id, name, group, job_type, ...) to `<save_dir>/wandb_runs.jsonl`: one line per
+    W&B run of the folder, written by the process that owns the run (rank 0), for tests and compare_runs."""
+    run = getattr(logger, "_experiment", None)
+    if not getattr(run, "id", None):
+        return
+    init = getattr(logger, "_wandb_init", {})
+    line = {"id": run.id, **{k: init.get(k) for k in ("name", "group", "job_type", "project", "mode")},
+            "tags": list(init.get("tags") or [])}
+    path = Path(save_dir) / "wandb_runs.jsonl"
+    if path.is_file() and any(json.loads(x)["id"] == run.id for x in path.read_text().splitlines()):
+        return  # ddp_spawn: the run started in the main process and the worker attached to it
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def wandb_logger(save_dir: str, project: str, name: str | None = None, group: str | None = None,
                  tags: list[str] | None = None, mode: str | None = None, job_type: str = "train",
                  init_timeout: float = 60.0, **_) -> list[Logger]:
-    """W&B plus CSV; if wandb cannot start, CSV alone with a warning (the run goes on)."""
+    """W&B plus CSV; if wandb cannot start, CSV alone with a warning (the run goes on). The run starts here (rank 0),
+    so a dead server is found before training and an online run falls back to offline; under ddp_spawn the
+    rank-0 worker attaches to it (Lightning's WandbLogger pickling)."""
     loggers = csv_logger(save_dir)
     try:
         import wandb
@@ -46,11 +65,8 @@ def wandb_logger(save_dir: str, project: str, name: str | None = None, group: st
             logger = WandbLogger(
                 save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []),
                 job_type=job_type, mode=run_mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True))
-            run = logger.experiment  # start the run now (rank 0), so a dead server is found before training
-            if getattr(run, "id", None):  # rank 0: a line per W&B run in the folder, for tests and compare_runs
-                with open(Path(save_dir) / "wandb_runs.jsonl", "a") as f:
-                    f.write(json.dumps({"id": run.id, "name": name, "group": group, "job_type": job_type, "project": project,
-                                        "mode": run_mode, "tags": list(tags or [])}) + "\n")
+            _ = logger.experiment  # start the run now (rank 0)
+            record_wandb_run(logger, save_dir)
             return logger
 
         run_mode = wandb_mode(mode)
