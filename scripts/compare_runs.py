@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", help="the W&B group (the ablation's name) with --wandb")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--title", help="title of the table and plots")
+    parser.add_argument("--alignment", help="the alignment metric (x axis), e.g. judge/partial/all; default: the suite's")
     args = parser.parse_args(argv)
     try:
         if args.wandb:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for r in records:
+        r.alignment_key = args.alignment or r.alignment_key
     paths = write_comparison(records, out, title)
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))

@@ -41,7 +41,12 @@ WIDTH = {"bert": 24, "t5": 40, "clip": 48}
 
 
 def _encoder_yaml(option: str) -> dict:
-    return yaml.safe_load((CONF / "encoder" / f"{option}.yaml").read_text())
+    """The option's YAML, merged over the options its defaults list names (minilm_random extends minilm)."""
+    own = yaml.safe_load((CONF / "encoder" / f"{option}.yaml").read_text())
+    merged: dict = {}
+    for parent in [d for d in own.pop("defaults", []) if d != "_self_"]:
+        merged.update(_encoder_yaml(parent))
+    return {**merged, **own}
 
 
 def family_options() -> dict[str, str]:

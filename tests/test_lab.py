@@ -122,6 +122,16 @@ def test_rerunning_a_sweep_skips_completed_jobs(ddp_sweep):
         assert json.loads((cwd / "multirun" / "lab_test" / job / "job.json").read_text())["attempts"] == 1
 
 
+def test_a_device_count_sweep_does_not_leak_ddp_state(tmp_path):
+    """devices=2,1 in one multirun (ENVIRONMENT.md: crashed when the first job's DDP variables reached the second)."""
+    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2,1", "ablation=devices", "logger=csv",
+            *cli_tiny(tmp_path, steps=2)]
+    res = train_multirun(tmp_path, args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for job in ("trainer.devices=2", "trainer.devices=1"):
+        assert json.loads((tmp_path / "multirun" / "devices" / job / "job.json").read_text())["status"] == "completed"
+
+
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A non-finite loss (lr=1e30) fails one job; the other completes; a re-run retries only the failed one."""
     args = ["optim.optimizer.lr=1e30,2e-3", "ablation=fail_test", "logger=csv", *cli_tiny(tmp_path, steps=3)]
@@ -319,3 +329,17 @@ def test_slurm_launcher_lets_slurm_create_the_processes():
 
     plugins = instantiate(cfg.trainer.plugins)
     assert len(plugins) == 1 and plugins[0].auto_requeue is False  # ... and Lightning does not requeue as well
+
+
+def test_random_weights_minilm_is_the_same_network_untrained():
+    """The encoder_tiny control: same architecture and tokenizer, seeded random weights, a distinct cache identity."""
+    from imagen.build import build_text_encoder
+
+    pretrained, rand_a, rand_b = (build_text_encoder(compose_cfg([f"encoder={o}"])) for o in ("minilm", "minilm_random", "minilm_random"))
+    captions = ["a red circle", "two blue squares left of a green triangle"]
+    (e_p, m_p), (e_a, m_a), (e_b, _) = pretrained(captions), rand_a(captions), rand_b(captions)
+    assert e_p.shape == e_a.shape and torch.equal(m_p, m_a)  # same tokenizer, same width
+    assert torch.equal(e_a, e_b)  # seeded: every load is the same network
+    assert (e_a - e_p).abs().mean() > 0.1
+    assert rand_a.identity["random_init_seed"] == 0 and "random_init_seed" not in pretrained.identity
+    assert sum(p.numel() for p in rand_a.model.parameters()) == sum(p.numel() for p in pretrained.model.parameters())

@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choices: dict[str, str]) -> float | None:
     last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path is None and last.is_file():  # an interrupted, failed or requeued job resumes
+    if is_multirun() and cfg.ckpt_path is None and last.is_file():  # an interrupted, failed or requeued sweep job resumes
         log.info("resuming %s from %s", run_dir, last)
         cfg = cfg.copy()
         cfg.ckpt_path = str(last)
