@@ -150,6 +150,11 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     records = from_sweep_dirs([sweep])
     table = markdown_table(records)
     assert "1 (+0" not in table and "failed: FloatingPointError" in table  # the failure is in the comparison
+    forced = train_multirun(tmp_path, [*args, "skip_completed=false"])
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "resuming" not in forced.stdout + forced.stderr  # trained anew, not resumed from the completed checkpoint
+    again = json.loads((sweep / "optim.optimizer.lr=0.002" / "job.json").read_text())
+    assert again["attempts"] == 2 and again["status"] == "completed" and again["global_step"] == 3
 
 
 def test_a_single_run_still_fails_loudly(tmp_path):

@@ -54,11 +54,13 @@ def run(cfg: DictConfig) -> float | None:
         log.info("skipping %s: completed on %s (skip_completed=false re-runs it)", run_dir, previous.get("finished"))
         return previous.get("train_loss")
     choices = hydra_choices()
+    fresh = bool(previous and previous.get("status") == "completed")  # skip_completed=false: train and evaluate anew
     record = JobRecord(run_dir, ablation=cfg.ablation, seed=cfg.seed, choices=choices, dir=str(run_dir),
-                       overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
+                       overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+                       **({"evals": {}, "train_seconds": None} if fresh else {}))
     with isolated_environment(run_dir):
         try:
-            return _train_and_evaluate(cfg, run_dir, record, choices)
+            return _train_and_evaluate(cfg, run_dir, record, choices, resume=not fresh)
         except (Exception, SystemExit) as err:
             record.fail(err)
             if not is_multirun():
@@ -69,9 +71,10 @@ def run(cfg: DictConfig) -> float | None:
             return None
 
 
-def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choices: dict[str, str]) -> float | None:
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choices: dict[str, str],
+                        resume: bool = True) -> float | None:
     last = run_dir / "checkpoints" / "last.ckpt"
-    if is_multirun() and cfg.ckpt_path is None and last.is_file():  # an interrupted, failed or requeued sweep job resumes
+    if resume and is_multirun() and cfg.ckpt_path is None and last.is_file():  # an interrupted, failed or requeued sweep job resumes
         log.info("resuming %s from %s", run_dir, last)
         cfg = cfg.copy()
         cfg.ckpt_path = str(last)
@@ -110,7 +113,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choic
     loss = None if loss is None else float(loss)
     log.info("trained %d steps in %.1f s; run directory %s", trainer.global_step, train_seconds, run_dir)
     record.update(global_step=trainer.global_step, train_loss=loss,
-                  train_seconds=round(train_seconds + record.data.get("train_seconds", 0.0) * bool(cfg.ckpt_path), 1))
+                  train_seconds=round(train_seconds + (record.data.get("train_seconds") or 0.0) * bool(cfg.ckpt_path), 1))
     if global_rank() != 0:  # SLURM: every task runs this function; rank 0 evaluates and records
         return loss
     if cfg.final_eval.enabled:

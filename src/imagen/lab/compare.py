@@ -42,6 +42,12 @@ class Record:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
+    def final_loss(self) -> float | None:
+        """The mean of the last 5 logged training losses (one batch's loss is too noisy to compare), else the last."""
+        tail = [v for _, v in self.loss_curve[-5:]]
+        return sum(tail) / len(tail) if tail else self.train_loss
+
+    @property
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(self.arm.items())) or "all"
 
@@ -187,7 +193,7 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
     """Per arm: seeds, wall times, final loss, best FID and best alignment over the guidance sweep, and per weight."""
     groups = arms(records)
     align = next((r.alignment_key for r in records if r.results), "judge/accuracy")
-    lines = [f"| arm | seeds | train s | eval s | final train loss | best {y_key.upper()} (over w) | best {align} (over w) |",
+    lines = [f"| arm | seeds | train s | eval s | final train loss (last 5 logged) | best {y_key.upper()} (over w) | best {align} (over w) |",
              "|---|---|---|---|---|---|---|"]
     for label, rs in groups.items():
         ok = [r for r in rs if r.status == "completed"]
@@ -196,7 +202,7 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
         best_y = _stats([min((row[y_key] for row in r.results if row.get(y_key) is not None), default=None) for r in ok])
         best_a = _stats([max((row[align] for row in r.results if row.get(align) is not None), default=None) for r in ok])
         lines.append(f"| {label} | {seeds} | {fmt(_stats([r.train_seconds for r in ok]), 0)} | "
-                     f"{fmt(_stats([r.eval_seconds for r in ok]), 0)} | {fmt(_stats([r.train_loss for r in ok]), 4)} | "
+                     f"{fmt(_stats([r.eval_seconds for r in ok]), 0)} | {fmt(_stats([r.final_loss for r in ok]), 4)} | "
                      f"{fmt(best_y)} | {fmt(best_a)} |")
     weights = sorted({float(row["guidance"]) for r in records for row in r.results})
     if weights:
