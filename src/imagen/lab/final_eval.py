@@ -48,10 +48,10 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def compose_eval(combo: dict[str, Any], overrides: list[str], settings: dict[str, Any], ckpts: list[str],
-                 logger: dict[str, Any]) -> tuple[DictConfig, dict[str, str]]:
+def compose_eval(combo: dict[str, Any], overrides: list[str], settings: dict[str, Any]) -> tuple[DictConfig, dict[str, str]]:
     """conf/evaluate.yaml with `overrides` and the combination's (groups such as thresholding=none, or values), then
-    the settings and checkpoints merged in. Returns the config and its group choices (for metrics.json and tags)."""
+    the settings merged in; `ckpt` is left null for the caller. Returns the config and its group choices (for
+    metrics.json and tags)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -63,9 +63,6 @@ def compose_eval(combo: dict[str, Any], overrides: list[str], settings: dict[str
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.merge_with(settings)
-        cfg.ckpt = ckpts if len(ckpts) > 1 else ckpts[0]
-        for k, v in logger.items():
-            cfg.logger[k] = v
     return cfg, choices
 
 
@@ -85,7 +82,7 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
     out = []
     for combo in combinations(OmegaConf.to_container(fe.grid, resolve=True)):
         name = job_dirname(",".join(f"{k}={v}" for k, v in combo.items()))
-        eval_cfg, choices = compose_eval(combo, overrides, settings, [*below, "<this job's last.ckpt>"], {})
+        eval_cfg, choices = compose_eval(combo, overrides, settings)
         missing = sorted(OmegaConf.missing_keys(eval_cfg))
         if missing:
             raise ValueError(f"final_eval: the evaluation needs {', '.join(missing)}: set final_eval.settings.{missing[0]}=... "
