@@ -252,6 +252,30 @@ def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid",
     return out
 
 
+def plot_vs_guidance(records: list[Record], key: str, out: str | Path, title: str | None = None) -> Path | None:
+    """`key` (e.g. `saturated`, the fraction of clipped pixels) against the guidance weight, one line per arm,
+    bars spanning the seeds' min-max."""
+    groups = {k: v for k, v in arms(records).items() if curve(v, key)}
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rs in groups.items():
+        c = curve(rs, key)
+        ws = list(c)
+        ax.errorbar(ws, [c[w][0] for w in ws], yerr=[[c[w][0] - c[w][1] for w in ws], [c[w][2] - c[w][0] for w in ws]],
+                    marker="o", capsize=2, label=f"{label} (n={len(rs)})")
+    ax.set_xlabel("guidance weight w")
+    ax.set_ylabel(key)
+    ax.set_title(title or f"{key} against guidance (bars: seed range)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def plot_losses(records: list[Record], out: str | Path, title: str | None = None) -> Path | None:
     """Training loss against step, one colour per training arm (evaluation-only differences share a curve)."""
     seen, curves = set(), defaultdict(list)
@@ -297,7 +321,9 @@ def write_comparison(records: list[Record], out_dir: str | Path, title: str) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     pareto = plot_pareto_arms(records, out_dir / "pareto.png", title=f"{title}: FID vs alignment")
     loss = plot_losses(records, out_dir / "loss.png", title=f"{title}: training loss")
-    md = [f"# {title}", "", markdown_table(records)]
-    md += [f"![pareto]({pareto.name})" for _ in [0] if pareto] + [f"![loss]({loss.name})" for _ in [0] if loss]
+    saturation = plot_vs_guidance(records, "saturated", out_dir / "saturation.png",
+                                  title=f"{title}: fraction of saturated pixel values (8-bit 0 or 255)")
+    plots = {k: v for k, v in (("pareto", pareto), ("loss", loss), ("saturation", saturation)) if v is not None}
+    md = [f"# {title}", "", markdown_table(records), *(f"![{k}]({v.name})" for k, v in plots.items())]
     (out_dir / "comparison.md").write_text("\n".join(md) + "\n")
-    return {"markdown": out_dir / "comparison.md", **({"pareto": pareto} if pareto else {}), **({"loss": loss} if loss else {})}
+    return {"markdown": out_dir / "comparison.md", **plots}
