@@ -193,7 +193,7 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
     """Per arm: seeds, wall times, final loss, best FID and best alignment over the guidance sweep, and per weight."""
     groups = arms(records)
     align = next((r.alignment_key for r in records if r.results), "judge/accuracy")
-    lines = [f"| arm | seeds | train s | eval s | final train loss (last 5 logged) | best {y_key.upper()} (over w) | best {align} (over w) |",
+    lines = [f"| arm | seeds | train s | eval s (all the job's evaluations) | final train loss (last 5 logged) | best {y_key.upper()} (over w) | best {align} (over w) |",
              "|---|---|---|---|---|---|---|"]
     for label, rs in groups.items():
         ok = [r for r in rs if r.status == "completed"]
