@@ -23,7 +23,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor
 
-from imagen.lightning.callbacks import LogRunConfig, EMA, SampleGrid
+from imagen.lightning.callbacks import EMA, LogRunConfig, SampleGrid
 from imagen.lightning.module import ImagenModule
 from imagen.text.cache import TextCache
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
-
 from pathlib import Path
 
 from omegaconf import OmegaConf

@@ -8,8 +8,8 @@ The record `<run_dir>/job.json` is what makes a sweep correct and restartable:
   a re-run of the same sweep command (same folders: `multirun/<ablation>/<overrides>`) skips completed jobs,
   and a failed or interrupted one resumes from its `checkpoints/last.ckpt` (also what a SLURM requeue does);
 - a failing job (out of memory, a non-finite loss, a bad config) is recorded and the sweep goes on;
-- each job restores the process environment it started with, so DDP variables (MASTER_PORT, RANK, ...) set by
-  one job never leak into the next job of the same process.
+- each job restores the distributed variables (MASTER_PORT, RANK, ...) it started with, so those set by one
+  job never leak into the next job of the same process.
 """
 
 from __future__ import annotations
@@ -58,10 +58,6 @@ class JobRecord:
         previous = read_record(run_dir) or {}
         self.data: dict[str, Any] = {**previous, **fields, "attempts": previous.get("attempts", 0) + 1}
         self.data.setdefault("evals", {})
-
-    @property
-    def previous_status(self) -> str | None:
-        return self.data.get("status")
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
