@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from imagen.build import build_module
 from imagen.config import job_dirname
-from imagen.lab.compare import Record, curve, from_sweep_dirs, from_wandb, markdown_table, write_comparison
+from imagen.lab.compare import curve, from_sweep_dirs, from_wandb, markdown_table, write_comparison
 from imagen.lab.final_eval import combinations, plan
 from imagen.lab.job import global_rank, isolated_environment
 from test_train import CONF, ROOT, compose_cfg, tiny_overrides
