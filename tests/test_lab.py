@@ -348,3 +348,16 @@ def test_random_weights_minilm_is_the_same_network_untrained():
     assert (e_a - e_p).abs().mean() > 0.1
     assert rand_a.identity["random_init_seed"] == 0 and "random_init_seed" not in pretrained.identity
     assert sum(p.numel() for p in rand_a.model.parameters()) == sum(p.numel() for p in pretrained.model.parameters())
+
+
+def test_submitit_launcher_runs_the_same_jobs(tmp_path):
+    """The SLURM path's launcher plugin with its local executor (no cluster here): the job function is pickled by
+    submitit and run in its own process; same folders, same records."""
+    args = ["hydra/launcher=submitit_local", "seed=0,1", "ablation=sub", "logger=csv", *cli_tiny(tmp_path, steps=2)]
+    res = train_multirun(tmp_path, args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sweep = tmp_path / "multirun" / "sub"
+    for job in ("seed=0", "seed=1"):
+        assert json.loads((sweep / job / "job.json").read_text())["status"] == "completed"
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    assert (sweep / ".submitit").is_dir()
