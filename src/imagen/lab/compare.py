@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-IGNORED_KEYS = {"seed", "data.gen_procs", "skip_completed"}  # never an arm: replication and plumbing
+IGNORED_KEYS = {"seed", "data.gen_procs", "skip_completed", "experiment", "sweep"}  # never an arm: replication, plumbing, names
 
 
 @dataclass
@@ -81,7 +81,8 @@ def from_sweep_dirs(sweep_dirs: list[str | Path]) -> list[Record]:
     if not jobs:
         raise FileNotFoundError(f"no job.json under {', '.join(map(str, sweep_dirs))}: not a sweep of train.py -m")
     infos = [json.loads((j / "job.json").read_text()) for j in jobs]
-    settings = [dict(_parse_override(o) for o in info.get("overrides", [])) for info in infos]
+    # The group choices (cond=cross_attn, also when it was the default) and the command-line overrides.
+    settings = [{**info.get("choices", {}), **dict(_parse_override(o) for o in info.get("overrides", []))} for info in infos]
     arm_keys = varying(settings)
     records = []
     for job, info, s in zip(jobs, infos, settings):
