@@ -217,6 +217,18 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
 
 
 # ------------------------------------------------------------------------------------------ plots
+def _save(fig, ax, out: str | Path) -> Path:
+    """Grid, legend, tight layout, PNG at 130 dpi (the folder is created), figure closed."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid", title: str | None = None) -> Path | None:
     """One curve per arm: the seed mean over the guidance weights (labels: w), bars spanning the seeds' min-max on
     both axes; faint lines are the individual seeds."""
@@ -243,14 +255,7 @@ def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid",
     ax.set_xlabel(f"{align} (higher is better)")
     ax.set_ylabel(f"{y_key.upper()} (lower is better)")
     ax.set_title(title or "FID vs alignment over guidance weights (labels: w; bars: seed range)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def plot_vs_guidance(records: list[Record], key: str, out: str | Path, title: str | None = None) -> Path | None:
@@ -268,22 +273,16 @@ def plot_vs_guidance(records: list[Record], key: str, out: str | Path, title: st
     ax.set_xlabel("guidance weight w")
     ax.set_ylabel(key)
     ax.set_title(title or f"{key} against guidance (bars: seed range)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def plot_losses(records: list[Record], out: str | Path, title: str | None = None) -> Path | None:
     """Training loss against step, one colour per training arm (evaluation-only differences share a curve)."""
-    seen, curves = set(), defaultdict(list)
+    seen, curves, eval_keys = set(), defaultdict(list), _eval_keys(records)
     for r in records:
         if r.loss_curve and r.job not in seen:
             seen.add(r.job)
-            train_arm = ", ".join(f"{k}={v}" for k, v in sorted(r.arm.items()) if k not in _eval_keys(records)) or "all"
+            train_arm = ", ".join(f"{k}={v}" for k, v in sorted(r.arm.items()) if k not in eval_keys) or "all"
             curves[train_arm].append(r.loss_curve)
     if not curves:
         return None
@@ -295,13 +294,7 @@ def plot_losses(records: list[Record], out: str | Path, title: str | None = None
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (moving average)")
     ax.set_title(title or "training loss, one line per seed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def _eval_keys(records: list[Record]) -> set[str]:
