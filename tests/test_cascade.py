@@ -25,7 +25,7 @@ from imagen.diffusion.schedule import CosineSchedule
 from imagen.models.attention import CrossAttentionBlock
 from imagen.run import run
 from test_eval import eval_cfg
-from test_train import ROOT, compose_cfg, tiny_overrides
+from conftest import ROOT, compose_cfg, tiny_overrides
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
@@ -197,14 +197,6 @@ def test_sr_run_writes_a_lowres_sample_truth_grid(ckpts):
     module, cfg, _ = load_model(ckpts["sr"], device="cpu")
     assert module.stage.low_res_size == 16 and module.image_size == 32
     assert cfg.noise_aug._target_.endswith("GaussianAugmentation")
-
-
-def test_checkpoint_from_before_the_cascade_loads_as_a_base_model(ckpts, tmp_path):
-    ckpt = torch.load(ckpts["base"], map_location="cpu", weights_only=True)
-    del ckpt["imagen_config"]["stage"], ckpt["imagen_config"]["noise_aug"]
-    torch.save(ckpt, tmp_path / "old.ckpt")
-    module, _, _ = load_model(tmp_path / "old.ckpt", device="cpu")
-    assert isinstance(module.stage, Base) and module.image_size == 16
 
 
 def test_cascade_checks_the_chain():

@@ -8,21 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from imagen.build import build_module, build_text_encoder
+from imagen.config import conf_dir
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from conftest import compose_cfg
+
+CONF = conf_dir()
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 GROUPS = ["encoder", "cond", "unet", "schedule", "prediction", "optim", "data", "sampler", "thresholding", "trainer", "logger",

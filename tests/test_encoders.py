@@ -22,7 +22,6 @@ import pytest
 import torch
 import transformers
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
@@ -31,8 +30,10 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from imagen.build import build_module, build_text_encoder, model_config
 from imagen.text.encoder import FrozenTextEncoder, TextEncoderUnavailable
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from conftest import CONF as CONF_DIR
+from conftest import ROOT, compose_cfg
+
+CONF = Path(CONF_DIR)
 
 # The families of the encoder axis, by the transformers class a YAML loads.
 FAMILY_OF_CLASS = {"transformers.BertModel": "bert", "transformers.T5EncoderModel": "t5", "transformers.CLIPTextModel": "clip"}
@@ -67,11 +68,6 @@ CONDS = sorted(p.stem for p in (CONF / "cond").glob("*.yaml"))
 ALL_ENCODERS = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml"))
 TINY_UNET = ["image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]"]
 CAPTIONS = ["a red circle", "two blue squares left of a green triangle and three yellow circles above a purple square"]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def encoder_overrides(option: str, folder: Path, dtype: str | None = "float32") -> list[str]:

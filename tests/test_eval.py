@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from imagen.checkpoint import flatten, load_model
@@ -25,7 +24,7 @@ from imagen.eval.pareto import read_metrics
 from imagen.eval.shapes_eval import ShapesEval
 from imagen.run import run
 from test_encoders import _clip_tokenizer
-from test_train import CONF, ROOT, compose_cfg, tiny_overrides
+from conftest import ROOT, compose_cfg, tiny_overrides
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
@@ -40,8 +39,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def eval_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("evaluate", overrides=overrides)
+    return compose_cfg(overrides, "evaluate")
 
 
 # ------------------------------------------------------------------------------------- checkpoint

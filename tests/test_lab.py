@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from imagen.build import build_module
@@ -20,7 +19,7 @@ from imagen.config import job_dirname
 from imagen.lab.compare import curve, from_sweep_dirs, from_wandb, markdown_table, write_comparison
 from imagen.lab.final_eval import combinations, plan
 from imagen.lab.job import global_rank, isolated_environment
-from test_train import CONF, ROOT, compose_cfg, tiny_overrides
+from conftest import ROOT, compose_cfg, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
@@ -270,8 +269,7 @@ ABLATIONS = [e for e in EXPERIMENTS if not e.startswith("sr")]  # sr64_tiny / sr
 
 
 def sweep_params(name: str) -> dict[str, list[str]]:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    cfg = compose_cfg([f"experiment={name}"], return_hydra_config=True)
     return {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
 
 
@@ -322,8 +320,7 @@ def test_every_paper_experiment_arm_composes_and_builds(name):
 
 
 def test_slurm_launcher_lets_slurm_create_the_processes():
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer=slurm", "trainer.devices=4", "trainer.num_nodes=2"],
+    cfg = compose_cfg(["hydra/launcher=slurm", "trainer=slurm", "trainer.devices=4", "trainer.num_nodes=2"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")

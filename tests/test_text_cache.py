@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
 from imagen.build import build_datamodule, build_module, build_text_encoder, encoder_identity
@@ -21,8 +20,8 @@ from imagen.run import run
 from imagen.text.cache import TextCache, TextCacheError, read_meta, read_rows, shard_cache_file
 from imagen.text.encoder import FrozenTextEncoder
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+from conftest import ROOT, compose_cfg
+
 SCRIPT = ROOT / "scripts" / "precompute_text_embeddings.py"
 _spec = importlib.util.spec_from_file_location("precompute_text_embeddings", SCRIPT)
 precompute_script = importlib.util.module_from_spec(_spec)
@@ -36,11 +35,6 @@ def overrides(root: Path, *extra: str) -> list[str]:
             "logger=csv", "data.batch_size=4", "sample_grid.per_prompt=2", "trainer.max_steps=2",
             "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "sampler.steps=3", "ema.start_step=1",
             f"run_dir={root}/run", *extra]
-
-
-def compose_cfg(args: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=args)
 
 
 @pytest.fixture(scope="module")

@@ -8,30 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from imagen.build import build_module, check_config
 from imagen.run import run
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
-
-
-def tiny_overrides(tmp_path: Path, steps: int = 4, shapes: bool = True) -> list[str]:
-    data = [f"data.root={tmp_path}/data", "data.n_train=64", "data.samples_per_shard=32", "data.gen_procs=1",
-            "data.world.n_eval=2"] if shapes else []
-    return data + [
-        "image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "logger=csv",
-        "data.batch_size=4", "data.num_workers=0", "sample_grid.per_prompt=2",
-        f"trainer.max_steps={steps}", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "checkpoint_every_n_steps=2", "sampler.steps=3", "ema.start_step=1", f"run_dir={tmp_path}/run",
-    ]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=overrides)
-
+from conftest import ROOT, compose_cfg, tiny_overrides
 
 def test_cfg_job_composes():
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], capture_output=True, text=True, timeout=120)

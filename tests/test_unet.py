@@ -20,7 +20,9 @@ from imagen.models.text_conditioning import (
 )
 from imagen.models.unet import UNet
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from conftest import CONF as CONF_DIR
+
+CONF = Path(CONF_DIR)
 CONDS = {
     "cross_attn": CrossAttentionConditioning,
     "attn_pool": AttentionPoolConditioning,

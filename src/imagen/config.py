@@ -1,4 +1,5 @@
-"""OmegaConf resolvers used by conf/: registered when `imagen` is imported."""
+"""The config helpers every layer uses: where conf/ is, the OmegaConf resolvers conf/ uses (registered when `imagen`
+is imported), and what Hydra chose for this job."""
 
 from __future__ import annotations
 
@@ -7,7 +8,22 @@ import importlib
 import re
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # src/imagen/config.py -> <repo>/conf
+
+
+def conf_dir() -> Path:
+    """The repository's conf/ folder (the Hydra config root of train.py and the scripts)."""
+    return CONF_DIR
+
+
+def hydra_choices() -> dict[str, str]:
+    """The Hydra group choices of this job (encoder=minilm, cond=cross_attn, ...), for tags and names."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/") and v is not None}
 
 
 def pkg_model_path(package: str) -> str:

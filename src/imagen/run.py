@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -17,18 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from imagen.build import build_datamodule, build_module, build_trainer, check_config, check_resume
+from imagen.config import hydra_choices
 from imagen.lab.final_eval import plan as plan_final_eval
 from imagen.lab.final_eval import run_final_eval
 from imagen.lab.job import JobRecord, global_rank, isolated_environment, read_record
+from imagen.lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
-
-
-def hydra_choices() -> dict[str, str]:
-    """The Hydra group choices of this job (encoder=minilm, cond=cross_attn, ...), for tags and names."""
-    if not HydraConfig.initialized():
-        return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/") and v is not None}
 
 
 def is_multirun() -> bool:
@@ -107,7 +100,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choic
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     finally:
-        _finish_wandb()  # this job's W&B run ends before the next job (or the evaluation's run) starts
+        finish_wandb()  # this job's W&B run ends before the next job (or the evaluation's run) starts
     train_seconds = time.perf_counter() - start
     loss = trainer.callback_metrics.get("train/loss")
     loss = None if loss is None else float(loss)
@@ -122,22 +115,3 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choic
         record.update(eval_seconds=round(time.perf_counter() - start, 1))
     record.complete()
     return loss
-
-
-def run_script(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> Any:
-    """job(cfg, this Hydra job's run directory) for the scripts (sample, evaluate): bad input (a ValueError or
-    OSError raised before or during the job) is one `error: ...` line and exit status 2, not a traceback."""
-    try:
-        return job(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _finish_wandb() -> None:
-    """Close this job's W&B run, so the jobs of a multirun never log into one run."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()

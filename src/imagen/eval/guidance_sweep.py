@@ -10,17 +10,17 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from imagen.build import instantiate as build_instantiate
+from imagen.build import instantiate
 from imagen.cascade.cascade import generate_cascade
-from imagen.cascade.load import as_list, load_cascade, per_stage
+from imagen.checkpoint import as_list, load_cascade, per_stage
 from imagen.cascade.stage import upsample
 from imagen.eval.metrics import FidKid, saturation
 from imagen.eval.pareto import plot_categories, plot_pareto
 from imagen.lightning.grid import caption_grid, save_png
-from imagen.run import _finish_wandb, hydra_choices
+from imagen.config import hydra_choices
+from imagen.lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
             raise ValueError("a cascade needs cascade_guidance: the guidance weight of the stages before the last "
                              "(one for all or one per stage), e.g. cascade_guidance=1.5")
         lower_w = per_stage(cfg.cascade_guidance, n_stages - 1, "cascade_guidance")
-    suite = build_instantiate(cfg.eval)
-    features = build_instantiate(cfg.features)
+    suite = instantiate(cfg.eval)
+    features = instantiate(cfg.features)
     cascade, configs, infos = load_cascade(OmegaConf.merge(cfg, {"guidance": [*lower_w, weights[0]]}))
     module, train_cfg, info = cascade.modules[-1], configs[-1], infos[-1]
     sampler, thresholding = cascade.settings[-1].sampler, cascade.settings[-1].thresholding
@@ -143,5 +143,5 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
             lg.save()
             lg.finalize("success")
     finally:
-        _finish_wandb()
+        finish_wandb()
     return metrics

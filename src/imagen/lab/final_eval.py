@@ -24,12 +24,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from imagen.config import job_dirname
+from imagen.config import conf_dir, job_dirname
+from imagen.eval.guidance_sweep import evaluate
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-
 
 def combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
     """{a: [1, 2], b: [x]} -> [{a: 1, b: x}, {a: 2, b: x}]; an empty grid is one evaluation with no overrides."""
@@ -56,7 +54,7 @@ def compose_eval(combo: dict[str, Any], overrides: list[str], settings: dict[str
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = [*overrides, *(_override(k, v) for k, v in combo.items()), "ckpt=null"]
-    context = nullcontext() if GlobalHydra.instance().is_initialized() else initialize_config_dir(str(CONF_DIR), version_base="1.3")
+    context = nullcontext() if GlobalHydra.instance().is_initialized() else initialize_config_dir(str(conf_dir()), version_base="1.3")
     with context:
         cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
     choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
@@ -94,8 +92,6 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
 def run_final_eval(cfg: DictConfig, run_dir: Path, record, name: str | None, tags: list[str]) -> list[Path]:
     """Every evaluation of `cfg.final_eval` on `<run_dir>/checkpoints/last.ckpt`; ones the record marks done
     (a re-run after a crash mid-evaluation) are kept, not redone. Returns the evaluation folders."""
-    from imagen.eval.guidance_sweep import evaluate
-
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"final_eval: {ckpt} does not exist (the job saved no checkpoint)")

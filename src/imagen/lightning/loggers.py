@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -84,3 +85,13 @@ def wandb_logger(save_dir: str, project: str, name: str | None = None, group: st
 
 def no_logger(**_) -> list[Logger]:
     return []
+
+
+def finish_wandb() -> None:
+    """Close this job's W&B run, so the jobs of a multirun (and a job's training and evaluation) never log into
+    one run: Lightning's WandbLogger reuses a live `wandb.run`."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
