@@ -27,17 +27,10 @@ from imagen.data.pipeline import (
     resize_center_crop,
     to_tensor,
 )
-from imagen.data.shapes import (
-    CATEGORIES,
-    NUMBER_WORDS,
-    PALETTE,
-    PLURALS,
-    SHAPES,
-    ShapesWorld,
-    check_constraints,
-    normalize_caption,
-    parse_caption,
-)
+from imagen.data.captions import CATEGORIES, NUMBER_WORDS, PLURALS, normalize_caption, parse_caption
+from imagen.data.constraints import CONSTRAINT_TYPES, Binding, Count, Relation, check_constraints, constraint_from_dict
+from imagen.data.shapes import ShapesWorld
+from imagen.data.vocab import PALETTE, SHAPES
 from imagen.data.shards import ensure_shards, ensure_splits, load_cached_shards, write_shards
 
 
@@ -122,6 +115,28 @@ def test_captions_agree_with_ground_truth():
             assert np.abs(px - np.array(PALETTE[o["color"]])).max() < 40, (s.caption, o, px)
     for cat, sk in skeletons.items():
         assert len(sk) >= 3, (cat, sk)  # varied phrasing within each category
+
+
+def test_constraints_round_trip_and_unknown_type():
+    examples = {
+        "binding": {"type": "binding", "color": "red", "shape": "circle"},
+        "count": {"type": "count", "color": "blue", "shape": "square", "n": 3},
+        "relation": {"type": "relation", "subject": {"color": "red", "shape": "circle"}, "relation": "below",
+                     "object": {"color": "green", "shape": "triangle"}},
+    }
+    assert set(examples) == set(CONSTRAINT_TYPES)  # one example per registered kind
+    classes = {"binding": Binding, "count": Count, "relation": Relation}
+    for kind, d in examples.items():
+        c = constraint_from_dict(d)
+        assert type(c) is classes[kind] and c.type == kind
+        back = c.to_dict()
+        assert back == d and list(back) == list(d)  # same keys in the same order: the serialised form is unchanged
+        assert json.loads(json.dumps(back)) == d and constraint_from_dict(back) == c
+    for bad in ({"type": "near", "color": "red", "shape": "circle"}, {"color": "red", "shape": "circle"}):
+        with pytest.raises(ValueError, match=r"unknown constraint type .*valid types: binding, count, relation"):
+            constraint_from_dict(bad)
+        with pytest.raises(ValueError, match="valid types: binding, count, relation"):
+            check_constraints([], [bad])
 
 
 def test_world_sample_deterministic_and_independent():

@@ -24,15 +24,17 @@ class NoiseAugmentation:
     def sample(self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def can_sample(self, aug_level: float) -> bool:
+        """Whether a stage trained with this augmentation can sample at `aug_level` (an evaluation's aug_level sweep
+        skips the levels it cannot)."""
+        raise NotImplementedError
+
 
 class NoAugmentation(NoiseAugmentation):
     """The ablation's "without": the conditioning image is used as is and aug_level is always 0."""
 
-    def __init__(self, eval_levels=(0.0,)):
-        # eval_levels: the aug_levels an evaluation of this stage sweeps (experiments/noise_aug*.yaml): only 0.
-        if list(eval_levels) != [0.0]:
-            raise ValueError(f"noise_aug=none samples at aug_level 0 only: eval_levels must be [0.0], got {list(eval_levels)}")
-        self.eval_levels = (0.0,)
+    def can_sample(self, aug_level: float) -> bool:
+        return aug_level == 0
 
     def train(self, lowres: Tensor) -> tuple[Tensor, Tensor]:
         return lowres, lowres.new_zeros(lowres.shape[0])
@@ -50,18 +52,15 @@ class GaussianAugmentation(NoiseAugmentation):
     Args:
         schedule: the forward process (the stage's diffusion schedule: cosine for 64->256).
         max_train_level: aug_level ~ U(0, max_train_level) at training (paper: 1).
-        eval_levels: the aug_levels an evaluation sweeps at sampling (App. Fig. A.11 sweeps them; best FID at 0,
-            best-looking samples at 0.1-0.3, §2.4). Not used by the class; experiments/noise_aug*.yaml read it.
     """
 
-    def __init__(self, schedule: LogSNRSchedule, max_train_level: float = 1.0, eval_levels=(0.0, 0.2, 0.4)):
+    def __init__(self, schedule: LogSNRSchedule, max_train_level: float = 1.0):
         if not 0.0 < max_train_level <= 1.0:
             raise ValueError(f"noise_aug.max_train_level must be in (0, 1], got {max_train_level}")
-        if not eval_levels or any(not 0.0 <= a <= max_train_level for a in eval_levels):
-            raise ValueError(f"noise_aug.eval_levels must be a non-empty list in [0, max_train_level={max_train_level}], "
-                             f"got {list(eval_levels)}")
-        self.eval_levels = tuple(float(a) for a in eval_levels)
         self.schedule, self.max_train_level = schedule, max_train_level
+
+    def can_sample(self, aug_level: float) -> bool:
+        return 0.0 <= aug_level <= 1.0
 
     def _corrupt(self, lowres: Tensor, level: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         return self.schedule.q_sample(lowres, level, eps), level

@@ -11,6 +11,9 @@ A stage says what its network sees besides the noisy image, the time and the tex
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,9 +35,23 @@ class Stage:
     """Interface of a cascade stage. `image_size` is the stage's output resolution."""
 
     low_res_size: int | None = None
+    takes_lowres = False  # whether sampling needs the stage below's images (a cascade's lower checkpoints)
 
     def __init__(self, image_size: int):
         self.image_size = image_size
+
+    def can_sample(self, aug_level: float) -> bool:
+        """Whether this stage samples at a noise-augmentation level (an evaluation sweep skips the others)."""
+        return aug_level == 0
+
+    def observe_training_batch(self, batch: dict[str, Any]) -> None:
+        """Called with every training batch before its step (an SR stage keeps the first one for its grid)."""
+
+    def validation_samples(self, sample: Callable[..., Tensor], batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """The validation grid's images of one held-out batch, drawn with `sample(captions, seed=..., lowres=...)`
+        (the module's EMA sampler): {"images": (N, 3, H, W), "captions": N captions[, "per_row": columns]}."""
+        images = sample(batch["caption"], seed=batch_idx)
+        return {"images": images.cpu(), "captions": list(batch["caption"])}
 
     def unet_kwargs(self) -> dict:
         """Extra constructor arguments of the stage's U-Net (its training resolution, extra input channels)."""
@@ -63,7 +80,8 @@ class Base(Stage):
 
 
 class SuperResolution(Stage):
-    """A text-conditional super-resolution stage low_res_size -> image_size (§2.4).
+    """A text-conditional super-resolution stage low_res_size -> image_size (§2.4). Its validation grid super-resolves
+    the first training batch's images downsampled again: low-res | sample | truth.
 
     Args:
         image_size: output resolution (sampling); training images come at this size.
@@ -83,6 +101,26 @@ class SuperResolution(Stage):
                              f"{self.factor}, got {crop_size}")
         self.low_res_size, self.crop_size = low_res_size, crop_size
         self.noise_aug = noise_aug or NoAugmentation()
+        self._reference: tuple[Tensor, list[str]] | None = None  # (images, captions) of the first training batch
+
+    takes_lowres = True
+
+    def can_sample(self, aug_level: float) -> bool:
+        return self.noise_aug.can_sample(aug_level)
+
+    def observe_training_batch(self, batch: dict[str, Any]) -> None:
+        if self._reference is None:
+            n = min(len(batch["caption"]), 8)
+            self._reference = (batch["image"][:n].detach().clone(), list(batch["caption"][:n]))
+
+    def validation_samples(self, sample: Callable[..., Tensor], batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if self._reference is None:  # before the first training batch (Lightning's sanity check)
+            return {"images": torch.empty(0, 3, self.image_size, self.image_size), "captions": []}
+        truth, captions = self._reference  # (n, 3, H, W) whole training images, not crops
+        lowres = downsample(truth, self.low_res_size)
+        images = sample(captions, seed=batch_idx, lowres=lowres)
+        rows = torch.stack([upsample(lowres, self.image_size), images, truth], dim=1)  # (n, 3 columns, 3, H, W)
+        return {"images": rows.flatten(0, 1).cpu(), "captions": [c for c in captions for _ in range(3)], "per_row": 3}
 
     def unet_kwargs(self) -> dict:
         return {"image_size": self.crop_size or self.image_size, "lowres_channels": 3}

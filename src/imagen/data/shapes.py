@@ -1,12 +1,10 @@
 """The synthetic "shapes world": an offline stand-in for LAION (training) and DrawBench (evaluation).
 
-Every sample is a small image of 1-4 flat-coloured shapes on a uniform light-grey background,
-a caption drawn from one of four DrawBench-style categories, and machine-checkable ground truth:
-
-* ``counting``     -- 1-4 identical objects ("three yellow triangles");
-* ``colors``       -- attribute binding of two objects ("a red circle and a blue square");
-* ``positional``   -- two objects and a spatial relation ("a green square to the left of a purple circle");
-* ``descriptions`` -- three objects and one or two relations (longer sentences).
+Imagen judges its ablations (§4.4) on DrawBench (§3) with human raters; here every sample is a small image
+of 1-4 flat-coloured shapes on a uniform light-grey background with a caption from one of four DrawBench-style
+categories (:mod:`imagen.data.captions`) and machine-checkable ground truth (:mod:`imagen.data.constraints`),
+so alignment is scored automatically (:mod:`imagen.eval.judge`). This module holds the world: its
+configuration, the seeded generator (template, objects, placement) and the renderer.
 
 Ground truth (``meta``) is a JSON-able dict::
 
@@ -18,10 +16,7 @@ Ground truth (``meta``) is a JSON-able dict::
                       "relation": "left_of", "object": {"color": "purple", "shape": "circle"}}]}
 
 Coordinates are normalised to [0, 1] (x to the right, y downwards); ``size`` is the side of the
-object's bounding box as a fraction of the image side. Constraint types: ``binding`` (an object with
-that colour and shape exists), ``count`` (exactly ``n`` objects with that colour and shape) and
-``relation`` (see :func:`relation_holds`). :func:`check_constraints` evaluates them against a list of
-objects (ground truth or detections), :func:`parse_caption` recovers them from a caption string.
+object's bounding box as a fraction of the image side.
 
 Determinism: sample ``i`` is drawn from ``numpy.random.default_rng([seed, split_id, i])`` only, so it
 does not depend on sample ``i - 1`` and shards can be generated in any order or in parallel.
@@ -29,56 +24,29 @@ does not depend on sample ``i - 1`` and shards can be generated in any order or 
 
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .captions import CATEGORIES, TEMPLATES, normalize_caption, parse_caption
+from .constraints import Relation, parse_constraints, relation_holds
+from .vocab import INVERSE, MAX_OBJECTS, PALETTE, RELATIONS, SHAPES, Obj
+
 __all__ = [
     "BACKGROUND",
-    "CATEGORIES",
-    "PALETTE",
-    "RELATIONS",
-    "SHAPES",
+    "DEFAULT_COLORS",
+    "DEFAULT_SHAPES",
+    "GENERATOR_VERSION",
     "ShapesSample",
     "ShapesWorld",
-    "check_constraints",
-    "normalize_caption",
-    "parse_caption",
-    "relation_holds",
 ]
 
 # Bump when the generator's output changes, so shard caches keyed on the fingerprint are rebuilt.
 GENERATOR_VERSION = 1
 
 BACKGROUND: tuple[int, int, int] = (205, 205, 205)
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 160, 50),
-    "blue": (30, 60, 225),
-    "yellow": (245, 215, 0),
-    "purple": (135, 40, 180),
-    "orange": (250, 130, 0),
-    "cyan": (0, 195, 215),
-    "black": (20, 20, 20),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
-PLURALS: dict[str, str] = {s: s + "s" for s in SHAPES}
-CATEGORIES: tuple[str, ...] = ("counting", "colors", "positional", "descriptions")
-RELATIONS: tuple[str, ...] = ("left_of", "right_of", "above", "below")
-INVERSE: dict[str, str] = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
-# The first phrase of each relation is the canonical one (used for eval prompts).
-RELATION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left_of": ("to the left of", "left of", "on the left of"),
-    "right_of": ("to the right of", "right of", "on the right of"),
-    "above": ("above", "over"),
-    "below": ("below", "under", "beneath"),
-}
-NUMBER_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
-MAX_OBJECTS = 4
 
 DEFAULT_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
 DEFAULT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -98,29 +66,6 @@ _GAP = 0.04  # minimum gap between object bounding boxes (on at least one axis)
 _MAX_OFF_AXIS = 0.5  # generated relations: |off-axis offset| <= this * primary offset
 _PLACE_TRIES = 400
 _SAMPLE_TRIES = 200
-
-Obj = tuple[str, str]  # (color, shape)
-
-
-# --------------------------------------------------------------------------------------- helpers
-
-
-def normalize_caption(caption: str) -> str:
-    """Lower-case, collapse whitespace and drop a trailing full stop (the form used for exclusion)."""
-    return " ".join(caption.lower().split()).rstrip(".").strip()
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
-def _phrase(obj: Obj, definite: bool = False) -> str:
-    color, shape = obj
-    return f"{'the' if definite else _article(color)} {color} {shape}"
-
-
-def _ref(obj: Obj) -> dict[str, str]:
-    return {"color": obj[0], "shape": obj[1]}
 
 
 def _plain(value: Any) -> Any:
@@ -146,240 +91,6 @@ def _parse_obj(text: str, colors: Sequence[str], shapes: Sequence[str], what: st
     if shape not in shapes:
         raise ValueError(f"{what}: unknown shape {shape!r} in {text!r}; valid shapes: {', '.join(shapes)}")
     return color, shape
-
-
-# ------------------------------------------------------------------------------ geometry / judge
-
-
-def relation_holds(subject: Mapping[str, Any], relation: str, obj: Mapping[str, Any], margin: float = 0.05) -> bool:
-    """Whether ``subject`` is ``relation`` of ``obj`` (dicts with normalised ``cx``, ``cy``; y points down).
-
-    Lenient judge rule: the offset along the relation's axis is at least ``margin`` and larger than the
-    offset along the other axis. The generator places objects far stricter than this (bounding boxes
-    separated on the relation's axis, off-axis offset at most half the primary offset).
-    """
-    dx = float(obj["cx"]) - float(subject["cx"])
-    dy = float(obj["cy"]) - float(subject["cy"])
-    primary, off = {
-        "left_of": (dx, dy),
-        "right_of": (-dx, dy),
-        "above": (dy, dx),
-        "below": (-dy, dx),
-    }.get(relation, (None, None))
-    if primary is None:
-        raise ValueError(f"unknown relation {relation!r}; valid relations: {', '.join(RELATIONS)}")
-    return primary >= margin and primary > abs(off)
-
-
-def _relation_strict(s: Mapping[str, float], relation: str, o: Mapping[str, float]) -> bool:
-    """Generator rule: boxes separated by a gap on the relation's axis and a dominant primary offset."""
-    if not relation_holds(s, relation, o, margin=0.0):
-        return False
-    horizontal = relation in ("left_of", "right_of")
-    primary = abs(o["cx"] - s["cx"]) if horizontal else abs(o["cy"] - s["cy"])
-    off = abs(o["cy"] - s["cy"]) if horizontal else abs(o["cx"] - s["cx"])
-    return primary >= (s["size"] + o["size"]) / 2 + _GAP and off <= _MAX_OFF_AXIS * primary
-
-
-def _matches(o: Mapping[str, Any], ref: Mapping[str, Any]) -> bool:
-    return o.get("color") == ref["color"] and o.get("shape") == ref["shape"]
-
-
-def check_constraints(
-    objects: Sequence[Mapping[str, Any]], constraints: Sequence[Mapping[str, Any]], margin: float = 0.05
-) -> list[bool]:
-    """Evaluate each constraint against ``objects`` (dicts with color, shape, cx, cy); one bool each."""
-    results = []
-    for c in constraints:
-        kind = c.get("type")
-        if kind == "binding":
-            results.append(any(_matches(o, c) for o in objects))
-        elif kind == "count":
-            results.append(sum(_matches(o, c) for o in objects) == int(c["n"]))
-        elif kind == "relation":
-            subs = [o for o in objects if _matches(o, c["subject"])]
-            objs = [o for o in objects if _matches(o, c["object"])]
-            results.append(
-                any(relation_holds(s, c["relation"], o, margin) for s in subs for o in objs if s is not o)
-            )
-        else:
-            raise ValueError(f"unknown constraint type {kind!r}; valid types: binding, count, relation")
-    return results
-
-
-# ------------------------------------------------------------------------------------- templates
-
-
-@dataclass(frozen=True)
-class Template:
-    """A caption template shared by the generator and :func:`parse_caption`.
-
-    Slots: ``{A}``/``{B}``/``{C}`` indefinite object phrases ("an orange circle"), ``{tA}``... definite
-    phrases ("the orange circle"), ``{r1}``/``{r2}`` relation phrases, and for counting ``{obj}``
-    (indefinite phrase, n = 1), ``{num}`` (number word), ``{col}`` and ``{shp}`` (plural when n > 1).
-    ``relations`` lists (subject letter, relation slot, object letter) triples stated by the caption.
-    """
-
-    category: str
-    text: str
-    relations: tuple[tuple[str, str, str], ...] = ()
-    n_range: tuple[int, int] = (1, MAX_OBJECTS)
-
-    @property
-    def slots(self) -> list[str]:
-        return re.findall(r"\{(\w+)\}", self.text)
-
-    @property
-    def letters(self) -> list[str]:
-        """Object letters in order of first mention (A, B, C)."""
-        return sorted({s[-1] for s in self.slots if s[-1] in "ABC"})
-
-    def render(self, values: Mapping[str, Any], rng: np.random.Generator | None = None) -> str:
-        """Fill the slots; ``rng`` picks relation-phrase variants (None -> canonical phrase)."""
-        out: dict[str, str] = {}
-        for slot in self.slots:
-            if slot in ("A", "B", "C"):
-                out[slot] = _phrase(values[slot])
-            elif slot in ("tA", "tB", "tC"):
-                out[slot] = _phrase(values[slot[1]], definite=True)
-            elif slot in ("r1", "r2"):
-                phrases = RELATION_PHRASES[values[slot]]
-                out[slot] = phrases[0] if rng is None else phrases[int(rng.integers(len(phrases)))]
-            elif slot == "obj":
-                out[slot] = _phrase(values["obj"])
-            elif slot == "num":
-                out[slot] = NUMBER_WORDS[values["n"] - 1]
-            elif slot == "col":
-                out[slot] = values["obj"][0]
-            elif slot == "shp":
-                out[slot] = values["obj"][1] if values["n"] == 1 else PLURALS[values["obj"][1]]
-            else:  # pragma: no cover - guarded by the template table
-                raise KeyError(slot)
-        return self.text.format(**out)
-
-    def constraints(self, values: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Structured constraints stated by a caption rendered from ``values``."""
-        if self.category == "counting":
-            color, shape = values["obj"]
-            return [{"type": "count", "color": color, "shape": shape, "n": int(values["n"])}]
-        cons: list[dict[str, Any]] = [{"type": "binding", **_ref(values[k])} for k in self.letters]
-        for subj, rslot, obj in self.relations:
-            cons.append(
-                {"type": "relation", "subject": _ref(values[subj]), "relation": values[rslot], "object": _ref(values[obj])}
-            )
-        return cons
-
-
-TEMPLATES: tuple[Template, ...] = (
-    # counting (n = 1..4)
-    Template("counting", "{num} {col} {shp}"),
-    Template("counting", "a picture of {num} {col} {shp}"),
-    Template("counting", "an image of {num} {col} {shp}"),
-    Template("counting", "{num} {col} {shp} on a grey background"),
-    Template("counting", "there are {num} {col} {shp}", n_range=(2, 4)),
-    Template("counting", "a group of {num} {col} {shp}", n_range=(2, 4)),
-    Template("counting", "{obj}", n_range=(1, 1)),
-    Template("counting", "a single {col} {shp}", n_range=(1, 1)),
-    Template("counting", "a picture of {obj}", n_range=(1, 1)),
-    Template("counting", "{obj} on a grey background", n_range=(1, 1)),
-    # colors (attribute binding)
-    Template("colors", "{A} and {B}"),
-    Template("colors", "{A} next to {B}"),
-    Template("colors", "a picture of {A} and {B}"),
-    Template("colors", "{A} together with {B}"),
-    Template("colors", "an image with {A} and {B}"),
-    # positional
-    Template("positional", "{A} {r1} {B}", relations=(("A", "r1", "B"),)),
-    Template("positional", "a picture of {A} {r1} {B}", relations=(("A", "r1", "B"),)),
-    Template("positional", "{A} is {r1} {B}", relations=(("A", "r1", "B"),)),
-    Template("positional", "there is {A} {r1} {B}", relations=(("A", "r1", "B"),)),
-    # descriptions (three objects, one or two relations)
-    Template("descriptions", "{A} {r1} {B}, and {C}", relations=(("A", "r1", "B"),)),
-    Template("descriptions", "{A} {r1} {B}, and {C} {r2} {tB}", relations=(("A", "r1", "B"), ("C", "r2", "B"))),
-    Template("descriptions", "a picture with {A}, {B} and {C}, where {tA} is {r1} {tB}", relations=(("A", "r1", "B"),)),
-    Template("descriptions", "three objects: {A}, {B} and {C}; {tC} is {r1} {tA}", relations=(("C", "r1", "A"),)),
-    Template(
-        "descriptions", "there is {A} {r1} {B}, and {C} is {r2} {tA}", relations=(("A", "r1", "B"), ("C", "r2", "A"))
-    ),
-    Template("descriptions", "{A}, {B} and {C}, with {tC} {r1} {tA}", relations=(("C", "r1", "A"),)),
-)
-
-
-def _alternation(words: Iterable[str]) -> str:
-    return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
-
-
-@functools.lru_cache(maxsize=None)
-def _template_regex(text: str) -> re.Pattern[str]:
-    cols = _alternation(PALETTE)
-    shps = _alternation(SHAPES)
-    rels = _alternation(p for ps in RELATION_PHRASES.values() for p in ps)
-    pattern = ""
-    for i, piece in enumerate(re.split(r"\{(\w+)\}", text)):
-        if i % 2 == 0:
-            pattern += re.escape(piece)
-        elif piece in ("A", "B", "C", "obj"):
-            pattern += rf"(?:a|an) (?P<{piece}_col>{cols}) (?P<{piece}_shp>{shps})"
-        elif piece in ("tA", "tB", "tC"):
-            pattern += rf"the (?P<{piece}_col>{cols}) (?P<{piece}_shp>{shps})"
-        elif piece in ("r1", "r2"):
-            pattern += rf"(?P<{piece}>{rels})"
-        elif piece == "num":
-            pattern += rf"(?P<num>{_alternation(NUMBER_WORDS)})"
-        elif piece == "col":
-            pattern += rf"(?P<col>{cols})"
-        elif piece == "shp":
-            pattern += rf"(?P<shp>{_alternation(list(SHAPES) + list(PLURALS.values()))})"
-    return re.compile(pattern)
-
-
-_PHRASE_TO_RELATION = {p: r for r, ps in RELATION_PHRASES.items() for p in ps}
-_SINGULAR = {v: k for k, v in PLURALS.items()}
-
-
-def _values_from_match(t: Template, m: re.Match[str]) -> dict[str, Any] | None:
-    g = m.groupdict()
-    values: dict[str, Any] = {}
-    if t.category == "counting":
-        if "obj_col" in g and g["obj_col"] is not None:
-            values["obj"], values["n"] = (g["obj_col"], g["obj_shp"]), 1
-        else:
-            n = NUMBER_WORDS.index(g["num"]) + 1 if g.get("num") else 1
-            shp = g["shp"]
-            if (n == 1) != (shp in SHAPES):  # number agreement ("one circles", "two circle")
-                return None
-            values["obj"], values["n"] = (g["col"], _SINGULAR.get(shp, shp)), n
-        return values
-    for letter in "ABC":
-        if g.get(f"{letter}_col"):
-            values[letter] = (g[f"{letter}_col"], g[f"{letter}_shp"])
-    for letter in "ABC":
-        if g.get(f"t{letter}_col"):
-            if values.get(letter) != (g[f"t{letter}_col"], g[f"t{letter}_shp"]):
-                return None  # "the X" must refer back to an object introduced earlier
-    for rslot in ("r1", "r2"):
-        if g.get(rslot):
-            values[rslot] = _PHRASE_TO_RELATION[g[rslot]]
-    return values
-
-
-def parse_caption(caption: str) -> dict[str, Any] | None:
-    """Recover ``{"category", "constraints"}`` from a caption produced by the shapes templates.
-
-    Returns None for captions outside the template grammar (e.g. free-form LAION text).
-    """
-    text = normalize_caption(caption)
-    for t in TEMPLATES:
-        m = _template_regex(t.text).fullmatch(text)
-        if m is None:
-            continue
-        values = _values_from_match(t, m)
-        if values is None:
-            continue
-        if t.category == "counting" and not t.n_range[0] <= values["n"] <= t.n_range[1]:
-            continue
-        return {"category": t.category, "constraints": t.constraints(values)}
-    return None
 
 
 # ----------------------------------------------------------------------------------------- world
@@ -408,8 +119,9 @@ class ShapesWorld:
         resolution: image side in pixels (>= 16; 32 and 64 are used).
         categories: list of category names (equal weights) or a mapping name -> weight.
             Default: counting 0.4, colors 0.3, positional 0.2, descriptions 0.1.
-        colors: colour names (subset of :data:`PALETTE`); default red, green, blue, yellow, purple, orange.
-        shapes: shape names (subset of :data:`SHAPES`); default circle, square, triangle.
+        colors: colour names (subset of :data:`~imagen.data.vocab.PALETTE`); default red, green, blue, yellow,
+            purple, orange.
+        shapes: shape names (subset of :data:`~imagen.data.vocab.SHAPES`); default circle, square, triangle.
         count_weights: weights for n = 1, 2, ... objects in ``counting`` (at most 4 entries).
         holdout_pairs: "color shape" strings never appearing in any training image or caption.
         holdout_relations: ``[subject, relation, object]`` triples, e.g. ``["red circle", "left_of",
@@ -661,12 +373,9 @@ class ShapesWorld:
             return False
         if not self._holdout_rel_set:
             return True
-        for c in meta["constraints"]:
-            if c["type"] == "relation":
-                s, o = c["subject"], c["object"]
-                triple = _canonical_relation((s["color"], s["shape"]), c["relation"], (o["color"], o["shape"]))
-                if triple in self._holdout_rel_set:
-                    return False
+        for c in parse_constraints(meta["constraints"]):
+            if isinstance(c, Relation) and _canonical_relation(c.subject, c.relation, c.obj) in self._holdout_rel_set:
+                return False
         objects = meta["objects"]
         for subj, rel, obj in self._holdout_rel_set:  # also never *true* in a training image
             for a in objects:
@@ -778,6 +487,16 @@ def _place(
         if all(_relation_strict(boxes[s], r, boxes[o]) for s, r, o in relations):
             return [(b["cx"], b["cy"], b["size"]) for b in boxes]
     return None
+
+
+def _relation_strict(s: Mapping[str, float], relation: str, o: Mapping[str, float]) -> bool:
+    """Generator rule: boxes separated by a gap on the relation's axis and a dominant primary offset."""
+    if not relation_holds(s, relation, o, margin=0.0):
+        return False
+    horizontal = relation in ("left_of", "right_of")
+    primary = abs(o["cx"] - s["cx"]) if horizontal else abs(o["cy"] - s["cy"])
+    off = abs(o["cy"] - s["cy"]) if horizontal else abs(o["cx"] - s["cx"])
+    return primary >= (s["size"] + o["size"]) / 2 + _GAP and off <= _MAX_OFF_AXIS * primary
 
 
 def _separated(a: Mapping[str, float], b: Mapping[str, float]) -> bool:

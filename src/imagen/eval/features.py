@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS, PALETTE
+from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS
+from imagen.data.vocab import PALETTE
 
 
 class ShapesFeatures(nn.Module):

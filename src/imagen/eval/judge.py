@@ -1,9 +1,9 @@
 """The compositional judge of the shapes world: find the shapes in an image, check a caption's constraints.
 
-Imagen §3 uses human raters on DrawBench; the shapes world scores the same categories automatically
-(counting, colors, positional, descriptions -- see :mod:`imagen.data.shapes`). The judge detects the
-objects of an image and evaluates the caption's structured constraints on them with
-:func:`imagen.data.shapes.check_constraints` (the same code that defines the ground truth).
+Imagen §3 uses human raters on DrawBench (and judges its ablations, §4.4, on it); the shapes world scores the
+same categories automatically (counting, colors, positional, descriptions -- see :mod:`imagen.data.captions`).
+The judge detects the objects of an image and checks the caption's structured constraints on them with
+:meth:`imagen.data.constraints.Constraint.check` (the same code that defines the ground truth).
 
 Detection is hand-written in numpy (no library detects these synthetic flat shapes, and scipy is not a
 dependency of the repo):
@@ -38,20 +38,13 @@ from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
-from PIL import Image
 from torch import Tensor
 
-from imagen.data.shapes import (
-    BACKGROUND,
-    DEFAULT_COLORS,
-    DEFAULT_SHAPES,
-    PALETTE,
-    SHAPES,
-    ShapesWorld,
-    check_constraints,
-    parse_caption,
-)
+from imagen.data.captions import parse_caption
+from imagen.data.constraints import Constraint, parse_constraints
+from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS, DEFAULT_SHAPES, ShapesWorld
+from imagen.data.vocab import PALETTE, SHAPES
+from imagen.images import to_uint8
 
 __all__ = [
     "Judge",
@@ -62,7 +55,6 @@ __all__ = [
     "label_components",
     "shape_features",
     "shape_prototypes",
-    "to_uint8",
 ]
 
 _ALPHA_CLIP = (-0.5, 1.5)  # soft weights: keep noise zero-mean (no clipping at 0), bound outliers
@@ -74,26 +66,13 @@ _PROTOTYPE_RES, _PROTOTYPE_SIZE = 128, 0.6
 # ------------------------------------------------------------------------------------------ input
 
 
-def to_uint8(image: Any) -> np.ndarray:
-    """PIL image, (H, W, 3) array (uint8, or float in [0, 255]) or (3, H, W) tensor in [-1, 1] -> (H, W, 3) uint8.
-
-    Tensors are quantised like a saved PNG (``round((x + 1) * 127.5)``), so a tensor made from a PIL image
-    gives exactly that image back.
-    """
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    if isinstance(image, Tensor):
-        t = image.detach().to("cpu", torch.float32)
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim != 3 or t.shape[0] != 3:
-            raise ValueError(f"tensor images must be (3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
-        return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"array images must be (H, W, 3), got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+def _pixels(image: Any) -> np.ndarray:
+    """One image as (H, W, 3) uint8 (:func:`imagen.images.to_uint8`); a (1, 3, H, W) tensor is squeezed to it."""
+    arr = to_uint8(image)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"tensor images must be (3, H, W) or (1, 3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
     return arr
 
 
@@ -271,7 +250,7 @@ def detect_objects(
     """
     colors = tuple(colors or DEFAULT_COLORS)
     shapes = tuple(shapes or DEFAULT_SHAPES)
-    arr = to_uint8(image)
+    arr = _pixels(image)
     h, w = arr.shape[:2]
     color_idx, area, cx, cy, feats = _components(arr, colors, core_alpha, max_residual, min_area, grow)
     protos = shape_prototypes()
@@ -302,9 +281,10 @@ def detect_objects(
 # ------------------------------------------------------------------------------------------ judge
 
 
-def expected_object_count(constraints: Sequence[Mapping[str, Any]]) -> int | None:
-    """Number of objects a caption describes: count constraints give ``n`` of their object, every other
-    (colour, shape) referenced by a binding or relation constraint one. None without constraints.
+def expected_object_count(constraints: Sequence[Mapping[str, Any] | Constraint]) -> int | None:
+    """Number of objects a caption describes: a count constraint gives ``n`` of its object
+    (:meth:`~imagen.data.constraints.Constraint.stated_counts`), every other (colour, shape) a constraint names
+    one. None without constraints.
 
     In the shapes world this is exactly the number of objects of the image the caption was generated for.
     """
@@ -312,26 +292,22 @@ def expected_object_count(constraints: Sequence[Mapping[str, Any]]) -> int | Non
         return None
     counts: dict[tuple[str, str], int] = {}
     refs: set[tuple[str, str]] = set()
-    for c in constraints:
-        if c.get("type") == "count":
-            key = (c["color"], c["shape"])
-            counts[key] = max(counts.get(key, 0), int(c["n"]))
-        elif c.get("type") == "binding":
-            refs.add((c["color"], c["shape"]))
-        elif c.get("type") == "relation":
-            refs.add((c["subject"]["color"], c["subject"]["shape"]))
-            refs.add((c["object"]["color"], c["object"]["shape"]))
+    for c in parse_constraints(constraints):
+        for key, n in c.stated_counts().items():
+            counts[key] = max(counts.get(key, 0), n)
+        refs.update(c.refs)
     return sum(counts.values()) + len(refs - counts.keys())
 
 
 def caption_holds(
-    objects: Sequence[Mapping[str, Any]], constraints: Sequence[Mapping[str, Any]], margin: float = 0.05,
+    objects: Sequence[Mapping[str, Any]], constraints: Sequence[Mapping[str, Any] | Constraint], margin: float = 0.05,
     exact_objects: bool = True,
 ) -> bool:
     """All constraints hold on ``objects`` (and, with ``exact_objects``, there are no other objects)."""
-    ok = all(check_constraints(objects, constraints, margin))
-    if exact_objects and constraints:
-        ok = ok and len(objects) == expected_object_count(constraints)
+    cons = parse_constraints(constraints)
+    ok = all(c.check(objects, margin) for c in cons)
+    if exact_objects and cons:
+        ok = ok and len(objects) == expected_object_count(cons)
     return ok
 
 
@@ -352,16 +328,16 @@ class Judge:
 
     Args:
         colors, shapes: the vocabulary (default: the world's 6 colours and 3 shapes).
-        margin: the relation margin of :func:`imagen.data.shapes.relation_holds` (normalised units).
+        margin: the relation margin of :func:`imagen.data.constraints.relation_holds` (normalised units).
         exact_objects: also require that the image holds exactly the objects the caption describes
             (:func:`expected_object_count`): a spurious extra blob makes the caption false. This matches the
             world's ground truth -- a training or validation image never has objects its caption does not
             mention, so the true caption always passes this check on the ground-truth objects.
         core_alpha, max_residual, min_area, grow, max_shape_distance: detector thresholds
-            (:func:`detect_objects`). ``max_shape_distance`` = 0.06: a blob this far from every shape prototype
-            is "unknown" (fails every binding). Ground-truth shapes with noise 8 and blur 0.5 stay below 0.031
-            (99th percentile 0.011 circle, 0.010 square, 0.020 triangle at 32 px); the formless blobs of an
-            undertrained model sit at a median of 0.10, and without the cap were mostly read as circles.
+            (:func:`detect_objects`). ``max_shape_distance``: a blob farther than this from every shape
+            prototype is "unknown" (fails every binding); mildly blurred and noised ground-truth shapes stay
+            well inside it, the formless blobs of an undertrained model mostly outside (without the cap they
+            were mostly read as circles).
     """
 
     def __init__(
@@ -403,7 +379,7 @@ class Judge:
     def judge(
         self,
         image: Any,
-        constraints: Sequence[Mapping[str, Any]],
+        constraints: Sequence[Mapping[str, Any] | Constraint],
         category: str | None = None,
         detections: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
@@ -414,16 +390,17 @@ class Judge:
         None for a caption without constraints, which cannot be judged), ``category`` and ``detections``.
         """
         dets = self.detect(image) if detections is None else detections
-        results = check_constraints(dets, constraints, self.margin)
-        n_expected = expected_object_count(constraints)
+        cons = parse_constraints(constraints)
+        results = [c.check(dets, self.margin) for c in cons]
+        n_expected = expected_object_count(cons)
         exact = None
         if self.exact_objects and n_expected is not None:
             exact = len(dets) == n_expected
-        correct = None if not constraints else all(results) and exact is not False
+        correct = None if not cons else all(results) and exact is not False
         return {
             "correct": correct,
             "constraints": results,
-            "types": [str(c.get("type")) for c in constraints],
+            "types": [c.type for c in cons],
             "exact_objects": exact,
             "n_expected": n_expected,
             "n_detected": len(dets),

@@ -1,5 +1,7 @@
 """Validation of the shapes-world judge (:mod:`imagen.eval.judge`) on perturbed ground-truth renders.
 
+The judge stands in for DrawBench's human raters (Imagen §3), so it is itself measured before its scores are used.
+
 Fresh validation-split samples, mildly blurred and noised, must have their own caption accepted and the
 captions of other images (false for them per the ground truth) rejected: the figures are in the README and
 ``docs/judge_validation.json`` (``scripts/validate_judge.py``).
@@ -13,8 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from imagen.data.shapes import INVERSE, ShapesWorld
+from imagen.data.constraints import CONSTRAINT_TYPES, Constraint, parse_constraints
+from imagen.data.shapes import ShapesWorld
 from imagen.eval.judge import Judge, _mean, caption_holds
+
 
 def perturb(image: Image.Image, noise_std: float, blur_radius: float, rng: np.random.Generator) -> np.ndarray:
     """Gaussian blur (PIL, ``blur_radius`` = sigma in px) then Gaussian pixel noise (std in uint8 units)."""
@@ -27,38 +31,32 @@ def perturb(image: Image.Image, noise_std: float, blur_radius: float, rng: np.ra
 
 
 def _hard_negatives(
-    constraints: Sequence[Mapping[str, Any]], colors: Sequence[str], shapes: Sequence[str]
+    constraints: Sequence[Mapping[str, Any] | Constraint], colors: Sequence[str], shapes: Sequence[str]
 ) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Minimal edits of a caption's constraints: count +-1, first relation inverted, the first object's
-    colour or shape changed, the first two objects' colours swapped (attribute binding)."""
+    """Minimal edits of a caption's constraints, as ``(kind, constraint dicts)``.
+
+    Per constraint kind (in :data:`~imagen.data.constraints.CONSTRAINT_TYPES` order), the first constraint of
+    that kind with a :meth:`~imagen.data.constraints.Constraint.hard_negative` (count +-1, relation inverted)
+    is replaced by it; then the first object's colour or shape is changed and the first two objects' colours
+    are swapped (attribute binding), in every constraint naming them.
+    """
     out = []
-    cons = [dict(c) for c in constraints]
-    objs = []
+    cons = parse_constraints(constraints)
+    objs: list[tuple[str, str]] = []
     for c in cons:
-        refs = [c] if c["type"] in ("binding", "count") else [c["subject"], c["object"]]
-        for r in refs:
-            if (r["color"], r["shape"]) not in objs:
-                objs.append((r["color"], r["shape"]))
+        for r in c.refs:
+            if r not in objs:
+                objs.append(r)
 
     def remap(mapping: dict[tuple[str, str], tuple[str, str]]) -> list[dict[str, Any]]:
-        def ref(r: Mapping[str, Any]) -> dict[str, Any]:
-            color, shape = mapping.get((r["color"], r["shape"]), (r["color"], r["shape"]))
-            return {**r, "color": color, "shape": shape}
+        return [c.remap(mapping).to_dict() for c in cons]
 
-        return [
-            ref(c) if c["type"] != "relation" else {**c, "subject": ref(c["subject"]), "object": ref(c["object"])}
-            for c in cons
-        ]
-
-    for i, c in enumerate(cons):
-        if c["type"] == "count":
-            n = int(c["n"]) + (1 if int(c["n"]) < 4 else -1)
-            out.append(("count", [*cons[:i], {**c, "n": n}, *cons[i + 1:]]))
-            break
-    for i, c in enumerate(cons):
-        if c["type"] == "relation":
-            out.append(("relation", [*cons[:i], {**c, "relation": INVERSE[c["relation"]]}, *cons[i + 1:]]))
-            break
+    for kind in CONSTRAINT_TYPES.values():
+        for i, c in enumerate(cons):
+            neg = c.hard_negative() if isinstance(c, kind) else None
+            if neg is not None:
+                out.append((c.type, [x.to_dict() for x in (*cons[:i], neg, *cons[i + 1:])]))
+                break
     if objs:
         color, shape = objs[0]
         k = colors.index(color)

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from imagen.build import build_stage
 from imagen.config import conf_dir, job_dirname
 from imagen.eval.guidance_sweep import evaluate
 
@@ -68,7 +69,8 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
     """(name, combination, evaluate config, choices) of every evaluation, composed now: an unknown option or a
     missing lower-stage checkpoint fails before training, not after it."""
     fe = cfg.final_eval
-    if cfg.stage.get("low_res_size") and not fe.below:
+    stage = build_stage(cfg)
+    if stage.takes_lowres and not fe.below:
         raise ValueError("final_eval.below is required for a super-resolution stage: the checkpoints of the cascade's "
                          "stages below it, base first, e.g. final_eval.below='[BASE_RUN/checkpoints/last.ckpt]'")
     below = [str(p) for p in fe.below]
@@ -79,6 +81,9 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
     settings = OmegaConf.to_container(fe.settings, resolve=True)
     out = []
     for combo in combinations(OmegaConf.to_container(fe.grid, resolve=True)):
+        if "aug_level" in combo and not stage.can_sample(float(combo["aug_level"])):
+            log.info("final_eval: skipping aug_level=%s (this stage's noise augmentation cannot sample at it)", combo["aug_level"])
+            continue
         name = job_dirname(",".join(f"{k}={v}" for k, v in combo.items()))
         eval_cfg, choices = compose_eval(combo, overrides, settings)
         missing = sorted(OmegaConf.missing_keys(eval_cfg))

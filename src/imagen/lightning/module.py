@@ -13,7 +13,6 @@ SR stage, the first training batch's images downsampled and super-resolved again
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +20,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from imagen.cascade.stage import Base, Stage, downsample, upsample
+from imagen.cascade.stage import Base, Stage
 from imagen.diffusion.denoiser import GuidedDenoiser
 from imagen.diffusion.guidance import drop_condition
 from imagen.diffusion.loss import DiffusionLoss
 from imagen.diffusion.parameterization import Parameterization
 from imagen.diffusion.schedule import LogSNRSchedule
 from imagen.diffusion.thresholding import Thresholding
+from imagen.lr_schedule import WarmupCosine
 
 
 class Frozen:
@@ -41,18 +41,6 @@ class Frozen:
         return self
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, final_lr_fraction: float = 0.0) -> Callable[[int], float]:
-    """Linear warm-up (Imagen §4.1: 10k steps) then cosine decay to final_lr_fraction of the peak at total_steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 class ImagenModule(pl.LightningModule):
     """One text-conditional diffusion model of the cascade.
 
@@ -63,7 +51,7 @@ class ImagenModule(pl.LightningModule):
         schedule, parameterization: the diffusion (App. A).
         optimizer: a partial optimiser (torch.optim.Adafactor / Adam) awaiting the parameters.
         p_uncond: probability of dropping the text for classifier-free guidance (paper: 0.1).
-        warmup_steps, total_steps, final_lr_fraction: the learning-rate schedule.
+        lr_schedule: step -> multiplier of the optimiser's learning rate (imagen.lr_schedule; torch's LambdaLR).
         sampler, thresholding, guidance_weight: what the validation grid samples with.
         model_config: the config that defines the network's weights (checked on resume).
         run_config: the whole resolved config of the run, saved in checkpoints so that sampling and evaluation
@@ -79,9 +67,7 @@ class ImagenModule(pl.LightningModule):
         parameterization: Parameterization,
         optimizer: Callable[..., torch.optim.Optimizer],
         p_uncond: float = 0.1,
-        warmup_steps: int = 10_000,
-        total_steps: int = 2_500_000,
-        final_lr_fraction: float = 0.0,
+        lr_schedule: Callable[[int], float] | None = None,
         sampler: Callable | None = None,
         thresholding: Thresholding | None = None,
         guidance_weight: float = 1.0,
@@ -93,21 +79,18 @@ class ImagenModule(pl.LightningModule):
         super().__init__()
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
-        if warmup_steps < 0 or total_steps < 1:
-            raise ValueError(f"warmup_steps must be >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}")
         self.unet = unet
         self._text_encoder = Frozen(text_encoder)
         self.schedule, self.parameterization = schedule, parameterization
         self.loss_fn = DiffusionLoss(schedule, parameterization)
         self.optimizer_factory = optimizer
         self.p_uncond = p_uncond
-        self.warmup_steps, self.total_steps, self.final_lr_fraction = warmup_steps, total_steps, final_lr_fraction
+        self.lr_schedule = lr_schedule or WarmupCosine()
         self.sampler, self.thresholding, self.guidance_weight = sampler, thresholding, guidance_weight
         self.image_size = image_size
         self.model_config = model_config or {}
         self.run_config = run_config or {}
         self.stage = stage or Base(image_size)
-        self._val_reference: tuple[Tensor, list[str]] | None = None  # SR stages: (images, captions) to upsample
 
     @property
     def text_encoder(self) -> nn.Module:
@@ -143,7 +126,7 @@ class ImagenModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.unet.parameters())
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps, self.final_lr_fraction))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---------------------------------------------------------------- sampling (§2.2, §2.3)
@@ -163,21 +146,10 @@ class ImagenModule(pl.LightningModule):
         return (sampler or self.sampler)(denoiser, self.schedule, z, g).clamp(-1, 1)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if self.stage.low_res_size is not None and self._val_reference is None:
-            n = min(len(batch["caption"]), 8)
-            self._val_reference = (batch["image"][:n].detach().clone(), list(batch["caption"][:n]))
+        self.stage.observe_training_batch(batch)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        if self.stage.low_res_size is None:  # base model: the held-out prompts
-            images = self.sample(batch["caption"], seed=batch_idx)
-            return {"images": images.cpu(), "captions": list(batch["caption"])}
-        if self._val_reference is None:  # SR stage before its first training batch (sanity check)
-            return {"images": torch.empty(0, 3, self.image_size, self.image_size), "captions": []}
-        truth, captions = self._val_reference  # (n, 3, H, W) whole training images, not crops
-        lowres = downsample(truth, self.stage.low_res_size)
-        images = self.sample(captions, seed=batch_idx, lowres=lowres)
-        rows = torch.stack([upsample(lowres, self.image_size), images, truth], dim=1)  # (n, 3 columns, 3, H, W)
-        return {"images": rows.flatten(0, 1).cpu(), "captions": [c for c in captions for _ in range(3)], "per_row": 3}
+        return self.stage.validation_samples(self.sample, batch, batch_idx)
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
