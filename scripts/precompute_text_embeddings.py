@@ -4,7 +4,7 @@
     python scripts/precompute_text_embeddings.py encoder=t5_xxl precompute.dtype=bfloat16 precompute.batch_size=256
     python scripts/precompute_text_embeddings.py encoder=t5_xxl data=webdataset data.urls='/data/laion/{00000..00999}.tar'
     RANK=3 WORLD_SIZE=8 python scripts/precompute_text_embeddings.py encoder=t5_xxl ...   # this rank: shards i % 8 == 3
-    python train.py encoder=t5_xxl encoder.cache=true ...                         # train without building the encoder
+    python train.py encoder=t5_xxl text=cached ...                                 # train without building the encoder
 
 A Hydra app over the same conf/ as train.py (same encoder= and data= overrides), plus `precompute.*`:
 dtype (storage: float16 | bfloat16 | float32), batch_size (captions per encoder call), rank / world_size

@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = ["encoder", "cond", "unet", "schedule", "prediction", "optim", "data", "sampler", "thresholding", "trainer", "logger",
+GROUPS = ["encoder", "text", "cond", "unet", "schedule", "prediction", "optim", "data", "sampler", "thresholding", "trainer", "logger",
           "stage", "noise_aug"]
 
 
@@ -99,3 +99,19 @@ def test_every_combination_trains_and_samples(cond, prediction, schedule, encode
         x = module.sample(["a red circle"], guidance_weight=2.0, sampler=instantiate(s_cfg.sampler),
                           thresholding=instantiate(s_cfg.thresholding), seed=0)
         assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_final_fraction():
+    cfg = compose_cfg(["trainer.max_steps=300", "optim.lr_schedule.warmup_steps=100", "optim.lr_schedule.final_lr_fraction=0.1"])
+    factor = instantiate(cfg.optim.lr_schedule)
+    assert factor(0) == pytest.approx(0.01) and factor(99) == pytest.approx(1.0)  # linear warm-up (§4.1)
+    assert factor(200) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine: cos(pi / 2) = 0
+    assert factor(300) == pytest.approx(0.1) and factor(10_000) == pytest.approx(0.1)
+
+
+def test_text_source_options_need_what_they_say():
+    built = []
+    online, cached = (instantiate(compose_cfg([f"text={o}"]).text) for o in ("online", "cached"))
+    online.sampling_encoder(lambda: built.append("encoder"), lambda: built.append("cache"), lambda: [])
+    assert built == ["encoder"] and online.training_cache(lambda: built.append("cache")) is None
+    assert built == ["encoder"]  # the online source never opens a cache

@@ -88,7 +88,7 @@ def test_train_with_cache_never_builds_the_encoder(cached, monkeypatch):
         raise AssertionError("the text encoder was built")
 
     monkeypatch.setattr(FrozenTextEncoder, "__init__", no_encoder)
-    cfg = compose_cfg(overrides(root, "encoder.cache=true"))
+    cfg = compose_cfg(overrides(root, "text=cached"))
     datamodule = build_datamodule(cfg)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["text_emb"].shape[:2] == batch["text_mask"].shape and batch["text_emb"].shape[0] == 4
@@ -103,7 +103,7 @@ def test_train_with_cache_never_builds_the_encoder(cached, monkeypatch):
 
 def test_other_encoder_identity_is_refused(cached, capsys):
     root, _, _ = cached
-    cfg = compose_cfg(overrides(root, "encoder.cache=true", "encoder.max_length=64"))
+    cfg = compose_cfg(overrides(root, "text=cached", "encoder.max_length=64"))
     with pytest.raises(TextCacheError, match="max_length: cache 128 vs run 64"):
         build_module(cfg)
     with pytest.raises(SystemExit):
@@ -131,7 +131,7 @@ def test_changed_shard_is_refused(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), *data, "precompute.dtype=bfloat16", f"hydra.run.dir={tmp_path}/hydra"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    cfg = compose_cfg(data + ["encoder.cache=true"])
+    cfg = compose_cfg(data + ["text=cached"])
     assert build_datamodule(cfg).text_cache.storage_dtype == "bfloat16"
 
     write_shards(ShapesWorld(resolution=16), shards, n_samples=16, samples_per_shard=8, seed=2)  # other samples

@@ -3,17 +3,17 @@
 train.py, the benchmark and the sampling scripts all build through here, so a config means the same thing
 everywhere. Bad values raise one-line errors here, before any data is generated or any step is taken.
 
-With `encoder.cache=true` the encoder is never built (Imagen §2.1: a frozen encoder's embeddings are computed
-offline): the datamodule attaches the precomputed embeddings to the training batches and the module samples
-the eval prompts from theirs; a missing or stale cache is refused here, with the command that rebuilds it.
+The `text` group says where the text embeddings come from (imagen.text.source, §2.1): with `text=cached` the
+encoder is never built: the datamodule attaches the precomputed embeddings to the training batches and the module
+samples the eval prompts from theirs; a missing or stale cache is refused here, with the command that rebuilds it.
 """
 
 from __future__ import annotations
 
+import functools
+import shlex
 from pathlib import Path
 from typing import Any
-
-import shlex
 
 import pytorch_lightning as pl
 import torch
@@ -29,7 +29,7 @@ from imagen.text.cache import TextCache
 
 # The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
 MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction", "stage", "noise_aug")
-RUNTIME_KEYS = ("path", "cache", "memo_size", "_partial_")  # settings that do not change the weights
+RUNTIME_KEYS = ("path", "memo_size", "_partial_")  # settings that do not change the weights
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
@@ -47,8 +47,6 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     """Flat {"unet.channels": 64, ...} of the weight-defining config (runtime-only keys left out)."""
     flat: dict[str, Any] = {"image_size": cfg.image_size}
     for group in MODEL_GROUPS:
-        if group not in cfg:  # a checkpoint from before the group existed
-            continue
         node = OmegaConf.to_container(cfg[group], resolve=True)
         for key, value in node.items():
             if key not in RUNTIME_KEYS:
@@ -100,10 +98,8 @@ def build_unet(cfg: DictConfig, text_dim: int, stage=None):
 
 
 def build_text_encoder(cfg: DictConfig):
-    """The frozen encoder of `cfg.encoder` (the `cache` switch is the run's, not the encoder's)."""
-    node = OmegaConf.to_container(cfg.encoder, resolve=True)
-    node.pop("cache", None)
-    return instantiate(node)
+    """The frozen encoder of `cfg.encoder` (§2.1)."""
+    return instantiate(cfg.encoder)
 
 
 def encoder_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -116,7 +112,7 @@ def precompute_command() -> str:
     """The command that (re)builds this run's text cache: the precompute script with the run's overrides."""
     if not HydraConfig.initialized():
         return "python scripts/precompute_text_embeddings.py <this run's encoder=... and data... overrides>"
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("encoder.cache=", "+encoder.cache="))]
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("text=", "+text="))]
     return " ".join(["python scripts/precompute_text_embeddings.py", *map(shlex.quote, overrides)])
 
 
@@ -128,10 +124,10 @@ def open_text_cache(cfg: DictConfig, datamodule) -> TextCache:
 
 def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
     stage = build_stage(cfg)  # first: a bad stage is refused before an encoder is loaded
-    if text_encoder is None and cfg.encoder.get("cache"):  # the eval prompts' cached embeddings stand in
-        datamodule = instantiate(cfg.data)
-        text_encoder = open_text_cache(cfg, datamodule).prompt_embeddings(required=datamodule.eval_prompts())
-    text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
+    if text_encoder is None:
+        datamodule = functools.cache(lambda: instantiate(cfg.data))  # only text=cached needs it
+        text_encoder = instantiate(cfg.text).sampling_encoder(
+            lambda: build_text_encoder(cfg), lambda: open_text_cache(cfg, datamodule()), lambda: datamodule().eval_prompts())
     return ImagenModule(
         unet=build_unet(cfg, text_encoder.dim, stage),
         text_encoder=text_encoder,
@@ -152,8 +148,7 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     datamodule = instantiate(cfg.data)
-    if cfg.encoder.get("cache"):
-        datamodule.text_cache = open_text_cache(cfg, datamodule)
+    datamodule.text_cache = instantiate(cfg.text).training_cache(lambda: open_text_cache(cfg, datamodule))
     return datamodule
 
 

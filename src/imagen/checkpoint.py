@@ -57,7 +57,7 @@ def load_model(path: str | Path, overrides: dict[str, Any] | None = None, ema: b
     """(module in eval mode on the device, its training config, checkpoint info) from a checkpoint.
 
     `overrides` are dotted keys merged into the saved config before building, for settings that may differ on
-    this machine, e.g. {"encoder.path": "/models/t5-v1_1-xxl"} or {"encoder.cache": False}; keys that change
+    this machine, e.g. {"encoder.path": "/models/t5-v1_1-xxl"}; keys that change
     the weights' shapes make loading fail with the first mismatching tensor named.
     """
     ckpt = read_checkpoint(path)
@@ -65,7 +65,7 @@ def load_model(path: str | Path, overrides: dict[str, Any] | None = None, ema: b
     OmegaConf.set_struct(cfg, False)
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=True)
-    cfg.encoder.cache = False  # sampling encodes arbitrary prompts: the frozen encoder itself is needed
+    cfg.text = OmegaConf.load(conf_dir() / "text" / "online.yaml")  # sampling encodes any prompt: the encoder itself
     module = build_module(cfg)
     has_ema = "current_model_state" in ckpt
     state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]

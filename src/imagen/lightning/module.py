@@ -2,7 +2,7 @@
 (§2, §2.4, App. A, F).
 
 Training step: encode captions with the frozen text encoder (§2.1) -- or take their embeddings, computed
-offline, from the batch (`text_emb`, `text_mask`; `encoder.cache=true`, see imagen.text.cache) -- drop the
+offline, from the batch (`text_emb`, `text_mask`; `text=cached`, see imagen.text.cache) -- drop the
 condition with p_uncond for classifier-free guidance (§2.2), noise the image at t ~ U(0, 1) and regress the
 parameterisation's target (App. A). What the network sees besides the text -- nothing for the base model, the
 noise-augmented low-resolution image for an SR stage -- and the training crop come from the `stage`
