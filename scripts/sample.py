@@ -26,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from imagen.cascade.cascade import STAGE_SEED_STRIDE, generate_cascade
-from imagen.cascade.load import load_cascade
-from imagen.lightning.grid import caption_grid, save_png, to_uint8
-from imagen.run import run_script
+from imagen.checkpoint import load_cascade
+from imagen.images import to_uint8
+from imagen.lightning.grid import caption_grid, save_png
+from imagen.cli import run_script
 
 log = logging.getLogger(__name__)
 

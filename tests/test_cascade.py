@@ -314,7 +314,8 @@ def test_compare_unets_reports_ratios():
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])["summary"]
     ratios = summary["sr_tiny_standard_vs_sr_tiny"]
-    assert all(v > 0 for v in ratios.values())
+    assert set(ratios) == {"train_time_ratio", "sample_time_ratio", "train_memory_ratio", "sample_memory_ratio"}
+    assert all(v is not None and v > 0 for v in ratios.values())
     assert summary["sr_tiny"]["parameters"] != summary["sr_tiny_standard"]["parameters"]
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_unets.py"), "unets=sr_tiny"],
                          capture_output=True, text=True, timeout=60, env=ENV)

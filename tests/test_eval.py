@@ -102,6 +102,7 @@ def test_sample_script_writes_grid_and_images_with_metadata(ckpt, tmp_path):
     res2 = subprocess.run(cmd[:-1] + [f"hydra.run.dir={tmp_path / 's2'}"], capture_output=True, text=True, timeout=240)
     assert res2.returncode == 0
     again = sorted((tmp_path / "s2" / "images").glob("*.png"))
+    assert len(again) == len(images) > 0
     assert all((Image.open(a).tobytes() == Image.open(b).tobytes()) for a, b in zip(images, again))
 
 

@@ -4,6 +4,7 @@ without building the encoder, refused when stale, safetensors only, split across
 from __future__ import annotations
 
 import importlib.util
+import math
 import pickle
 import subprocess
 import sys
@@ -97,7 +98,8 @@ def test_train_with_cache_never_builds_the_encoder(cached, monkeypatch):
     for key, emb, mask in zip(batch["key"], batch["text_emb"], batch["text_mask"]):  # each sample's own row, padded
         n = rows[key].shape[0]
         assert mask[:n].all() and not mask[n:].any() and torch.equal(emb[:n], rows[key]) and not emb[n:].any()
-    assert run(cfg) is not None
+    loss = run(cfg)
+    assert loss is not None and math.isfinite(loss)
     assert (root / "run" / "samples" / "step_000002.png").is_file()
 
 

@@ -12,6 +12,7 @@ and, for validation, an integer ``val_check_interval`` with ``check_val_every_n_
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,8 +24,11 @@ from .pipeline import collate_samples, expand_urls, make_pipeline
 from .shapes import ShapesWorld
 from .shards import ensure_shards, load_cached_shards, split_dir
 
-__all__ = ["DEFAULT_WEB_EVAL_PROMPTS", "ShapesDataModule", "WebDataModule"]
+__all__ = ["DEFAULT_WEB_EVAL_PROMPTS", "ShapesDataModule", "WebDataModule", "shard_captions"]
 
+log = logging.getLogger(__name__)
+
+# Only when the shards yield no caption at all (see WebDataModule.eval_prompts).
 DEFAULT_WEB_EVAL_PROMPTS: tuple[str, ...] = (
     "a red circle and a blue square",
     "a photo of a corgi sitting on a beach",
@@ -39,6 +43,28 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def shard_captions(urls: str | Sequence[str], n: int, resolution: int = 8) -> list[str]:
+    """The first ``n`` distinct captions of the shards, in shard and member order (deterministic), read through
+    the training pipeline's safe decoding (:func:`make_pipeline`: only image/txt/json members are read, nothing is
+    unpickled; samples with a bad image or caption are skipped like in training). Every DDP rank and process reads
+    the same captions: the shards are not split."""
+    pipeline = make_pipeline(urls, resolution, training=False, node_splitter=None, worker_splitter=None)
+    captions: list[str] = []
+    samples = iter(pipeline)
+    try:
+        for sample in samples:
+            caption = sample["caption"]  # utf-8, stripped: exactly what training reads
+            if caption and caption not in captions:
+                captions.append(caption)
+                if len(captions) >= n:
+                    break
+    finally:
+        close = getattr(samples, "close", None)
+        if close is not None:  # stop reading the open shard now
+            close()
+    return captions
 
 
 def prompt_loader(prompts: Sequence[str], repeats: int) -> DataLoader:
@@ -191,9 +217,12 @@ class WebDataModule(_ShardDataModule):
             http(s) URLs. Local paths are checked in ``setup()`` (FileNotFoundError naming the path).
         resolution: output side in pixels (shorter side resized, centre crop).
         batch_size / num_workers / shuffle_buffer / seed: loader and shuffling settings.
-        eval_prompts: prompts for the sampling callback (default: :data:`DEFAULT_WEB_EVAL_PROMPTS`).
+        eval_prompts: prompts for the sampling callback; None (default): the first ``n_eval_prompts`` distinct
+            captions of the validation shards, or of the first training shard without ``val_urls`` (read once, when
+            first asked for; :func:`shard_captions`), so every run's grid shows prompts of its own data.
         eval_repeats: images per eval prompt in the validation sample grid.
         val_urls: optional validation shards (one ordered pass); None -> no validation.
+        n_eval_prompts: how many captions ``eval_prompts=None`` takes from the shards.
     """
 
     def __init__(
@@ -207,6 +236,7 @@ class WebDataModule(_ShardDataModule):
         eval_prompts: Sequence[str] | None = None,
         val_urls: str | Sequence[str] | None = None,
         eval_repeats: int = 4,
+        n_eval_prompts: int = 8,
     ) -> None:
         super().__init__()
         if not urls:
@@ -219,10 +249,13 @@ class WebDataModule(_ShardDataModule):
         self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
         self.seed = _check_int("seed", seed, 0)
         self.eval_repeats = _check_int("eval_repeats", eval_repeats, 1)
-        prompts = list(DEFAULT_WEB_EVAL_PROMPTS if eval_prompts is None else eval_prompts)
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ValueError(f"eval_prompts must be a non-empty list of non-empty strings, got {prompts!r}")
-        self._eval_prompts = [str(p) for p in prompts]
+        self.n_eval_prompts = _check_int("n_eval_prompts", n_eval_prompts, 1)
+        self._eval_prompts: list[str] | None = None  # None: read from the shards when first asked for
+        if eval_prompts is not None:
+            prompts = [eval_prompts] if isinstance(eval_prompts, str) else list(eval_prompts)
+            if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+                raise ValueError(f"eval_prompts must be a non-empty list of non-empty strings, got {prompts!r}")
+            self._eval_prompts = [str(p) for p in prompts]
         self.save_hyperparameters(
             {
                 "urls": self.urls,
@@ -250,6 +283,19 @@ class WebDataModule(_ShardDataModule):
         """The training shards, brace-expanded (local ones checked), e.g. for the text cache."""
         return expand_urls(self.urls)
 
+    def eval_prompt_urls(self) -> list[str]:
+        """The shards ``eval_prompts=None`` takes its captions from: the validation shards, else the first
+        training shard."""
+        return expand_urls(self.val_urls) if self.val_urls else expand_urls(self.urls)[:1]
+
     def eval_prompts(self) -> list[str]:
-        """Prompts for the sampling callback."""
+        """Prompts for the sampling callback: the configured ones, or the first ``n_eval_prompts`` distinct
+        captions of :meth:`eval_prompt_urls` (:data:`DEFAULT_WEB_EVAL_PROMPTS`, with a warning, if they have none)."""
+        if self._eval_prompts is None:
+            urls = self.eval_prompt_urls()
+            prompts = shard_captions(urls, self.n_eval_prompts)
+            if not prompts:
+                log.warning("no readable caption in %s; the sample grid uses generic prompts", urls)
+                prompts = list(DEFAULT_WEB_EVAL_PROMPTS)
+            self._eval_prompts = prompts
         return list(self._eval_prompts)

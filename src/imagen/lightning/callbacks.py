@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.utilities import rank_zero_only
 
 from .grid import caption_grid, save_png
@@ -16,13 +16,24 @@ from .grid import caption_grid, save_png
 
 class SampleGrid(pl.Callback):
     """Collects the validation samples (drawn with the EMA weights) and writes `samples/step_XXXXXX.png`
-    in the run directory, and logs it to every logger that can show images (W&B)."""
+    in the run directory, and logs it to every logger that can show images (W&B).
 
-    def __init__(self, out_dir: str, per_row: int):
+    With ``at_end`` (the default) the last training step also validates, so a run whose ``max_steps`` is not a
+    multiple of ``val_check_interval`` still ends with the grid of its final (EMA) weights: on that step the
+    callback sets ``trainer.should_stop``, which makes the fit loop run validation after the step (as it does for
+    early stopping and the Timer callback). A last step that validates anyway validates once."""
+
+    def __init__(self, out_dir: str, per_row: int, at_end: bool = True):
         self.out_dir, self.per_row, self._per_row = Path(out_dir), per_row, per_row
+        self.at_end = at_end
         self._images: list[torch.Tensor] = []
         self._captions: list[str] = []
         self.last_path: Path | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
+        # Every rank: validation is a collective under DDP, and all ranks reach max_steps at the same batch.
+        if self.at_end and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._images, self._captions, self._per_row = [], [], self.per_row
@@ -71,11 +82,24 @@ class ExponentialAverage:
         return averaged.lerp(current, 1.0 - self.decay)
 
 
-class EMA(EMAWeightAveraging):
-    """Lightning's EMA callback with a picklable averaging function, so it survives `ddp_spawn`.
+class EMA(WeightAveraging):
+    """An exponential moving average of the weights: Lightning's weight averaging with a picklable averaging
+    function (:class:`ExponentialAverage`), so it survives `ddp_spawn`.
 
-    The average starts as a copy of the weights at `start_step` (not of the random initialisation)."""
+    The average starts as a copy of the weights after the optimizer step of index `start_step` (0-based, i.e. at
+    `global_step == start_step + 1`; not a copy of the random initialisation) and is then updated after every
+    step, like ``EMAWeightAveraging(update_starting_at_step=start_step)``. Validation swaps the average in, and
+    checkpoints hold it as their ``state_dict`` (the raw weights as ``current_model_state``)."""
 
     def __init__(self, decay: float, start_step: int = 0):
-        super().__init__(decay=decay, update_starting_at_step=start_step)
-        self._kwargs["avg_fn"] = ExponentialAverage(decay)
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        super().__init__(avg_fn=ExponentialAverage(decay))
+        self.decay, self.start_step = decay, start_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        """After every optimizer step from `start_step` on (the first update copies the weights); never at an
+        epoch end."""
+        return step_idx is not None and step_idx >= self.start_step
