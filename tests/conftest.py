@@ -37,7 +37,7 @@ def tiny_overrides(tmp_path: Path, steps: int = 4, shapes: bool = True) -> list[
             "data.world.n_eval=2"] if shapes else []
     return data + [
         "image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "logger=csv",
-        "data.batch_size=4", "data.num_workers=0", "sample_grid.per_prompt=2",
+        "data.batch_size=4", "data.num_workers=0", "data.eval_repeats=2",
         f"trainer.max_steps={steps}", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "checkpoint_every_n_steps=2", "sampler.steps=3", "ema.start_step=1", f"run_dir={tmp_path}/run",
+        "callbacks.model_checkpoint.every_n_train_steps=2", "sampler.steps=3", "callbacks.ema.start_step=1", f"run_dir={tmp_path}/run",
     ]

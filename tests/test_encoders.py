@@ -351,8 +351,8 @@ def test_t5_run_checkpoint_has_no_encoder_and_names_it(tiny_dirs, tmp_path, monk
     overrides = encoder_overrides("t5_small", tiny_dirs["t5"]) + TINY_UNET + [
         "cond=cross_attn", f"data.root={tmp_path}/data", "data.n_train=16", "data.samples_per_shard=16",
         "data.gen_procs=1", "data.world.n_eval=1", "data.batch_size=4", "data.num_workers=0", "logger=csv",
-        "sample_grid.per_prompt=1", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "checkpoint_every_n_steps=2", "sampler.steps=2", "ema.start_step=1",
+        "data.eval_repeats=1", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+        "callbacks.model_checkpoint.every_n_train_steps=2", "sampler.steps=2", "callbacks.ema.start_step=1",
         f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py")] + overrides)
     try:

@@ -74,13 +74,12 @@ def test_sampling_is_deterministic_given_the_seed(ckpt):
     module, _, _ = load_model(ckpt, device="cpu")
     from imagen.diffusion.samplers import AncestralSampler, DDIMSampler
     from imagen.diffusion.thresholding import DynamicThresholding
-    from imagen.eval.generate import generate
+    from imagen.cascade.cascade import Cascade, StageSettings, generate_cascade
 
     caps = ["a red circle", "two blue squares", "a green triangle"]
     for sampler in (AncestralSampler(steps=3), DDIMSampler(steps=3)):
-        a = generate(module, caps, 3.0, sampler, DynamicThresholding(), seed=5, batch_size=2, progress=False)
-        b = generate(module, caps, 3.0, sampler, DynamicThresholding(), seed=5, batch_size=2, progress=False)
-        c = generate(module, caps, 3.0, sampler, DynamicThresholding(), seed=6, batch_size=2, progress=False)
+        cascade = Cascade([module], [StageSettings(3.0, sampler, DynamicThresholding())])
+        a, b, c = (generate_cascade(cascade, caps, seed=s, batch_size=2, progress=False)[0] for s in (5, 5, 6))
         assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
 
 

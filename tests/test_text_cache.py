@@ -33,8 +33,8 @@ def overrides(root: Path, *extra: str) -> list[str]:
     """Tiny shapes world (64 samples in 4 shards, 2 eval prompts), tiny U-Net, 2 steps (as tests/test_train.py)."""
     return [f"data.root={root}/data", "data.n_train=64", "data.samples_per_shard=16", "data.gen_procs=1",
             "data.world.n_eval=2", "image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]",
-            "logger=csv", "data.batch_size=4", "sample_grid.per_prompt=2", "trainer.max_steps=2",
-            "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "sampler.steps=3", "ema.start_step=1",
+            "logger=csv", "data.batch_size=4", "data.eval_repeats=2", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "sampler.steps=3", "callbacks.ema.start_step=1",
             f"run_dir={root}/run", *extra]
 
 

@@ -1,4 +1,4 @@
-"""Tests of the base U-Net (App. F.1) and its text-conditioning modes (§2.3, §4.4)."""
+"""Tests of the base U-Net (App. F.1) and its text-conditioning modes (§2.5, §4.4)."""
 
 from __future__ import annotations
 

@@ -20,10 +20,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from imagen.lightning.callbacks import EMA, LogRunConfig, SampleGrid
+from imagen.lightning.callbacks import LogRunConfig
 from imagen.lightning.module import ImagenModule
 from imagen.text.cache import TextCache
 
@@ -63,10 +62,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"p_uncond must be in [0, 1], got {cfg.p_uncond}")
     if cfg.image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {cfg.image_size}")
-    if not 0.0 < cfg.ema.decay < 1.0:
-        raise ValueError(f"ema.decay must be in (0, 1), got {cfg.ema.decay}")
-    if cfg.ema.start_step < 0:
-        raise ValueError(f"ema.start_step must be >= 0, got {cfg.ema.start_step}")
     if cfg.trainer.max_steps < 1:
         raise ValueError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
@@ -152,21 +147,14 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def batch_size(batch: dict) -> int:
-    """Samples in a batch (a named function: ddp_spawn pickles the callbacks)."""
-    return len(batch["caption"])
-
-
 def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = None, hparams: dict | None = None) -> pl.Trainer:
+    """The Lightning Trainer of `cfg.trainer` with the `callbacks` group's callbacks (and the run-config logger),
+    writing into `run_dir` (the `${run_dir}` of the callbacks' paths)."""
     run_dir = Path(run_dir)
-    callbacks = [
-        LogRunConfig(hparams or {}, str(run_dir)),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
-                        every_n_train_steps=cfg.checkpoint_every_n_steps, filename="step_{step:07d}",
-                        auto_insert_metric_name=False),
-        EMA(decay=cfg.ema.decay, start_step=cfg.ema.start_step),
-        SampleGrid(run_dir / "samples", per_row=cfg.sample_grid.per_prompt),
-        ThroughputMonitor(batch_size_fn=batch_size),
-    ]
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    callbacks = [LogRunConfig(hparams or {}, str(run_dir))]
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
                        logger=loggers if loggers else False)

@@ -3,7 +3,7 @@
 
 Every checkpoint carries the run's resolved config (`imagen_config`, written by ImagenModule) next to the
 weights, so `scripts/sample.py ckpt=...` needs no training config. The EMA weights (Lightning's
-EMAWeightAveraging saves them as `state_dict`, the raw weights as `current_model_state`) are the default:
+EMA callback, a WeightAveraging, saves them as `state_dict`, the raw weights as `current_model_state`) are the default:
 they are what the paper samples with. Loading is `weights_only=True`: a checkpoint cannot run code.
 """
 
@@ -47,7 +47,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist (give ckpt=RUN/checkpoints/last.ckpt)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if "imagen_config" not in ckpt or not ckpt["imagen_config"]:
-        raise ValueError(f"checkpoint {path} has no `imagen_config` (written by train.py since issue 4): "
+        raise ValueError(f"checkpoint {path} has no `imagen_config` (written by train.py): "
                          "it cannot be rebuilt without its training config; re-save it from a current run")
     return ckpt
 

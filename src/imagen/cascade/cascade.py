@@ -72,7 +72,8 @@ class Cascade:
 def generate_cascade(cascade: Cascade, captions: list[str], seed: int = 0, batch_size: int = 64,
                      lowres: Tensor | None = None, start: int = 0, stop: int | None = None,
                      progress: bool = True) -> list[Tensor]:
-    """Every resolution's images for many captions, in chunks; chunk j uses seed + j (as imagen.eval.generate)."""
+    """Every resolution's images for many captions, in chunks of `batch_size`; chunk j uses seed + j, so image k
+    depends on (seed, k // batch_size, k % batch_size) only: the same seed and batch size give the same images."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chunks = []

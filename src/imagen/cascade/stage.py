@@ -1,7 +1,7 @@
 """The stages of Imagen's cascade (Saharia et al. 2022, §2.4): a base model and super-resolution models.
 
 A stage says what its network sees besides the noisy image, the time and the text:
-- `Base`: nothing (the 64x64 model, §2.3).
+- `Base`: nothing (the 64x64 model, §2.5).
 - `SuperResolution`: the low-resolution image, corrupted by noise conditioning augmentation, upsampled to the
   output size and concatenated to the network's input channels, plus the augmentation level (§2.4). With a
   `crop_size` it trains on random crops of the high-resolution images (the 256->1024 model trains on 256x256
@@ -70,7 +70,7 @@ class Stage:
 
 
 class Base(Stage):
-    """The base text-to-image model (§2.3): no image conditioning."""
+    """The base text-to-image model (§2.5): no image conditioning."""
 
     def __init__(self, image_size: int, noise_aug: NoiseAugmentation | None = None):
         super().__init__(image_size)

@@ -3,7 +3,7 @@
 Both read through :func:`imagen.data.pipeline.make_pipeline`, expose ``resolution`` and ``eval_prompts()``
 (the captions the sampling callback renders), and yield batches
 ``{"image": (B, 3, R, R) in [-1, 1], "caption": [str], "key": [str], "meta": [dict | None]}``; with a
-``text_cache`` (set by :func:`imagen.build.build_datamodule` for ``encoder.cache=true``, Imagen §2.1) the
+``text_cache`` (set by :func:`imagen.build.build_datamodule` for ``text=cached``, Imagen §2.1) the
 training batches also carry the precomputed ``text_emb`` (B, L, D) and ``text_mask`` (B, L).
 
 The training loader is infinite (see :mod:`imagen.data.pipeline`): drive the Trainer with ``max_steps``

@@ -37,6 +37,19 @@ def _rate_se(row: dict, key: str) -> float | None:
     return (p * (1 - p) / n) ** 0.5
 
 
+def save_figure(fig, out: str | Path, ax=None, legend_fontsize: float | None = None) -> Path:
+    """Tight layout, PNG at 130 dpi (the folder is created), figure closed; with `ax`, its grid and legend first."""
+    if ax is not None:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def plot_pareto(curves: dict[str, dict], out: str | Path, x_key: str | None = None, y_key: str = "fid",
                 title: str | None = None, log_y: bool = False) -> Path:
     """curves: label -> metrics.json content. x = the suite's alignment metric (higher is better), y = FID;
@@ -59,14 +72,7 @@ def plot_pareto(curves: dict[str, dict], out: str | Path, x_key: str | None = No
     ax.set_title(title or "FID vs alignment over guidance weights (labels: w)")
     if log_y:
         ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, ax)
 
 
 def plot_categories(curves: dict[str, dict], out: str | Path, prefix: str = "judge/") -> Path | None:
@@ -88,8 +94,4 @@ def plot_categories(curves: dict[str, dict], out: str | Path, prefix: str = "jud
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{prefix.rstrip('/')} accuracy")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

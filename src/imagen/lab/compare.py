@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from imagen.eval.pareto import save_figure  # noqa: E402
+
 IGNORED_KEYS = {"seed", "data.gen_procs", "skip_completed", "experiment", "sweep"}  # never an arm: replication, plumbing, names
 
 
@@ -217,18 +219,6 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
 
 
 # ------------------------------------------------------------------------------------------ plots
-def _save(fig, ax, out: str | Path) -> Path:
-    """Grid, legend, tight layout, PNG at 130 dpi (the folder is created), figure closed."""
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
-
-
 def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid", title: str | None = None) -> Path | None:
     """One curve per arm: the seed mean over the guidance weights (labels: w), bars spanning the seeds' min-max on
     both axes; faint lines are the individual seeds."""
@@ -255,7 +245,7 @@ def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid",
     ax.set_xlabel(f"{align} (higher is better)")
     ax.set_ylabel(f"{y_key.upper()} (lower is better)")
     ax.set_title(title or "FID vs alignment over guidance weights (labels: w; bars: seed range)")
-    return _save(fig, ax, out)
+    return save_figure(fig, out, ax, legend_fontsize=7)
 
 
 def plot_vs_guidance(records: list[Record], key: str, out: str | Path, title: str | None = None) -> Path | None:
@@ -273,7 +263,7 @@ def plot_vs_guidance(records: list[Record], key: str, out: str | Path, title: st
     ax.set_xlabel("guidance weight w")
     ax.set_ylabel(key)
     ax.set_title(title or f"{key} against guidance (bars: seed range)")
-    return _save(fig, ax, out)
+    return save_figure(fig, out, ax, legend_fontsize=7)
 
 
 def plot_losses(records: list[Record], out: str | Path, title: str | None = None) -> Path | None:
@@ -294,7 +284,7 @@ def plot_losses(records: list[Record], out: str | Path, title: str | None = None
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (moving average)")
     ax.set_title(title or "training loss, one line per seed")
-    return _save(fig, ax, out)
+    return save_figure(fig, out, ax, legend_fontsize=7)
 
 
 def _eval_keys(records: list[Record]) -> set[str]:

@@ -28,7 +28,10 @@ RECORD = "job.json"
 
 def global_rank() -> int:
     """This process's global rank from the launcher's environment (0 outside distributed runs). Read at call
-    time: SLURM sets SLURM_PROCID for every task before Python starts; Lightning's launchers set RANK."""
+    time: SLURM sets SLURM_PROCID for every task before Python starts; torchrun sets RANK.
+    Not Lightning's helpers: the public `rank_zero_only.rank` is fixed at import (then set by a Trainer), not
+    read per job, and the call-time `lightning_fabric.utilities.rank_zero._get_rank` is private and puts
+    LOCAL_RANK (a per-node rank) before SLURM_PROCID."""
     for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
@@ -85,7 +88,7 @@ JOB_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LO
 @contextmanager
 def isolated_environment(run_dir: str | Path) -> Iterator[None]:
     """Restore the distributed variables (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, ...) on exit: a DDP job's must
-    not reach the next job of a multirun (../shared/ENVIRONMENT.md: a `devices=2,1` sweep crashed on exactly that).
+    not reach the next job of a multirun (a `devices=2,1` sweep crashed on exactly that).
     Only those: others belong to long-lived services of the process (W&B's service address, for one).
     WANDB_DIR is the job's folder meanwhile, so W&B files written by a spawned worker land there too."""
     saved = {k: os.environ.get(k) for k in JOB_ENV}

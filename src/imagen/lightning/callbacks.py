@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_only
 
 from .grid import caption_grid, save_png
@@ -103,3 +103,27 @@ class EMA(WeightAveraging):
         """After every optimizer step from `start_step` on (the first update copies the weights); never at an
         epoch end."""
         return step_idx is not None and step_idx >= self.start_step
+
+
+class Checkpoints(ModelCheckpoint):
+    """Lightning's ModelCheckpoint as the lab uses it: `step_XXXXXXX.ckpt` every `every_n_train_steps`, all kept,
+    `last.ckpt`, and a checkpoint of the final step even when max_steps is not a multiple of the interval (Lightning
+    skips it then), so a finished run's `last.ckpt` is its final model."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500):
+        if every_n_train_steps < 1:
+            raise ValueError(f"callbacks.model_checkpoint.every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=-1, every_n_train_steps=every_n_train_steps,
+                         filename="step_{step:07d}", auto_insert_metric_name=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        final = Path(self.dirpath) / f"step_{trainer.global_step:07d}.ckpt"
+        if trainer.global_step and not final.is_file():  # every rank calls it: the strategy writes on rank 0
+            trainer.save_checkpoint(final)
+            trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}.ckpt")
+
+
+def batch_size(batch: dict) -> int:
+    """Samples in a batch, for ThroughputMonitor (a named function: ddp_spawn pickles the callbacks)."""
+    return len(batch["caption"])

@@ -6,7 +6,7 @@ offline, from the batch (`text_emb`, `text_mask`; `text=cached`, see imagen.text
 condition with p_uncond for classifier-free guidance (§2.2), noise the image at t ~ U(0, 1) and regress the
 parameterisation's target (App. A). What the network sees besides the text -- nothing for the base model, the
 noise-augmented low-resolution image for an SR stage -- and the training crop come from the `stage`
-(imagen.cascade.stage). Validation step: sample with the EMA weights (Lightning's EMAWeightAveraging swaps them
+(imagen.cascade.stage). Validation step: sample with the EMA weights (the EMA callback, a Lightning WeightAveraging, swaps them
 in for validation) and return the images for the grid callback: the held-out prompts for a base model; for an
 SR stage, the first training batch's images downsampled and super-resolved again (low-res | sample | truth).
 """

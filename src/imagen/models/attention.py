@@ -1,4 +1,4 @@
-"""Self-attention over image tokens with text tokens concatenated to the keys/values (§2.3, App. F.1).
+"""Self-attention over image tokens with text tokens concatenated to the keys/values (§2.5, App. F.1).
 
 Imagen conditions the base U-Net on the full text sequence by "adding cross attention over the
 text embeddings at multiple resolutions"; following Nichol et al. (GLIDE) this is implemented by

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextConditioning
-from imagen.models.unet import UNetStage, add_inputs, condition, network_input, output_head
+from imagen.models.unet import UNetStage, add_inputs, condition, network_input, output_head, validate_args
 
 SKIP_SCALE = 2**-0.5
 
@@ -52,20 +52,12 @@ class EfficientUNet(nn.Module):
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
+        reachable = validate_args(image_size, channels, channel_mult, attn_resolutions, head_dim, dropout,
+                                  lowest_attention="the lowest level's attention or text cross-attention")
         levels = len(channel_mult)
         blocks = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
         if len(blocks) != levels or min(blocks) < 1:
             raise ValueError(f"num_res_blocks must be one count >= 1 per level of channel_mult {channel_mult}, got {blocks}")
-        if image_size % 2 ** (levels - 1):
-            raise ValueError(f"image_size {image_size} is not divisible by {2 ** (levels - 1)}, the total downsampling "
-                             f"of channel_mult {channel_mult}")
-        reachable = [image_size // 2**i for i in range(levels)]
-        unknown = [r for r in attn_resolutions if r not in reachable]
-        if unknown:
-            raise ValueError(f"attention resolutions {unknown} are never reached by the U-Net; reachable: {reachable}")
-        for i, mult in enumerate(channel_mult):
-            if (reachable[i] in attn_resolutions or i == levels - 1) and (channels * mult) % head_dim:
-                raise ValueError(f"head_dim {head_dim} does not divide {channels * mult} channels at resolution {reachable[i]}")
         embed_dim = 4 * channels if embed_dim is None else embed_dim
         groups = num_groups(channels)
         self.image_size, self.skip_scale = image_size, skip_scale

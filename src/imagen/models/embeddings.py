@@ -1,7 +1,7 @@
 """Noise-level (timestep) embedding of the base U-Net (Saharia et al. 2022, App. F.1).
 
 Imagen's base model is ADM-style (Dhariwal & Nichol 2021): the diffusion time is embedded with
-transformer sinusoids and an MLP, and the result (plus the pooled text vector, §2.3) modulates
+transformer sinusoids and an MLP, and the result (plus the pooled text vector, §2.5) modulates
 every residual block via scale-shift normalisation.
 """
 

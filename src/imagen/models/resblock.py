@@ -2,8 +2,8 @@
 
 The residual block follows ADM (Dhariwal & Nichol 2021). Resampling between resolutions uses the
 simple ADM layers -- a stride-2 3x3 conv down, nearest-neighbour x2 + 3x3 conv up -- rather than
-BigGAN down/up residual blocks: with those the 512-channel base model has 2.27B parameters, 13% above
-the paper's 2B, while with the conv resamplers it has 2.13B.
+BigGAN down/up residual blocks: with those the 512-channel base model overshoots the paper's 2B parameters,
+while with the conv resamplers it stays close to it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Upsample(nn.Module):
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv; GroupNorm * (1 + scale) + shift -> SiLU -> dropout -> conv.
 
-    (scale, shift) = Linear(SiLU(emb)) where emb is the time + pooled-text embedding (§2.3, App. F.1).
+    (scale, shift) = Linear(SiLU(emb)) where emb is the time + pooled-text embedding (§2.5, App. F.1).
     The last conv is zero-initialised so the block starts as its (possibly 1x1-projected) skip path.
     """
 

@@ -1,4 +1,4 @@
-"""How the frozen text encoder's embeddings condition the U-Net: the seam of one ablation axis (§2.3, §4.4).
+"""How the frozen text encoder's embeddings condition the U-Net: the seam of one ablation axis (§2.5, §4.4).
 
 Imagen compares three ways of conditioning the base model on the text-embedding sequence
 (B, L, D_text) (§4.4: "cross attention significantly outperforms" the pooling variants):
@@ -123,7 +123,7 @@ class AttentionPoolConditioning(TextConditioning):
 
 
 class CrossAttentionConditioning(TextConditioning):
-    """Attention-pooled vector + the token sequence projected to `context_dim` for attention (§2.3, default).
+    """Attention-pooled vector + the token sequence projected to `context_dim` for attention (§2.5, default).
 
     tokens = Linear(LayerNorm(emb)), zeroed at padded positions; the mask is passed through so the
     U-Net's attention layers ignore padding.

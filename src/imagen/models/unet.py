@@ -1,9 +1,9 @@
-"""The base 64x64 text-conditional U-Net of Imagen (Saharia et al. 2022, §2.3, App. F.1).
+"""The base 64x64 text-conditional U-Net of Imagen (Saharia et al. 2022, §2.5, App. F.1).
 
 ADM-style (Dhariwal & Nichol 2021): a stack of BigGAN residual blocks per resolution, conv
 resamplers between resolutions (stride-2 conv down, nearest + conv up; see resblock.py), self-attention
 at `attn_resolutions` whose keys/values are extended with the text tokens, and a timestep embedding
-to which the pooled text vector is added (§2.3). The text pathway itself lives in
+to which the pooled text vector is added (§2.5). The text pathway itself lives in
 text_conditioning.py and is chosen by the `cond` partial (an ablation axis, §4.4).
 """
 
@@ -49,7 +49,7 @@ def output_head(channels: int, groups: int, out_channels: int) -> nn.Sequential:
 
 def condition(net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor,
               aug_level: Tensor | None = None) -> tuple[Tensor, TextCond]:
-    """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.3)
+    """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.5)
     [+ the noise-augmentation level's embedding, SR stages (§2.4)], the text)."""
     cond = net.text_cond(text_emb, text_mask)
     emb = net.time_embed(t)  # (B, E)
@@ -80,15 +80,20 @@ def add_inputs(net: nn.Module, in_channels: int, lowres_channels: int, channels:
     net.input_conv = nn.Conv2d(in_channels + lowres_channels, channels, 3, padding=1)
 
 
-def _validate(
+def validate_args(
     image_size: int,
     channels: int,
     channel_mult: Sequence[int],
     attn_resolutions: Sequence[int],
     head_dim: int,
     dropout: float,
-) -> None:
-    """One ValueError per invalid-configuration case, with the offending values in its message."""
+    lowest_attention: str = "the middle block",
+) -> list[int]:
+    """The constructor checks both U-Nets share -> the resolution of each level of `channel_mult`.
+
+    One ValueError per invalid-configuration case, with the offending values in its message. head_dim must also
+    divide the lowest level's width, where each U-Net may put attention (`lowest_attention`, named in the message).
+    """
     if len(channel_mult) == 0:
         raise ValueError("channel_mult must name at least one level")
     total_down = 2 ** (len(channel_mult) - 1)
@@ -112,10 +117,11 @@ def _validate(
         if width % head_dim:
             raise ValueError(
                 f"head_dim {head_dim} does not divide {width} channels at attention resolution {reachable[i]}"
-                + (" (the middle block)" if i == len(channel_mult) - 1 else "")
+                + (f" ({lowest_attention})" if i == len(channel_mult) - 1 else "")
             )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout {dropout} is outside [0, 1)")
+    return reachable
 
 
 class UNet(nn.Module):
@@ -141,12 +147,12 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
-        _validate(image_size, channels, channel_mult, attn_resolutions, head_dim, dropout)
+        validate_args(image_size, channels, channel_mult, attn_resolutions, head_dim, dropout)
         embed_dim = 4 * channels if embed_dim is None else embed_dim
         groups = num_groups(channels)
         self.image_size = image_size
 
-        # Text pathway (§2.3): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
+        # Text pathway (§2.5): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
         context_dim = embed_dim if self.text_cond.has_tokens else None
         add_inputs(self, in_channels, lowres_channels, channels, embed_dim)

@@ -2,7 +2,7 @@
 
 Imagen's text encoder is frozen, so the embeddings of a caption never change during training: they can be
 computed once, offline (§2.1), and training then reads them instead of running (or even loading) the
-encoder. ``scripts/precompute_text_embeddings.py`` writes the cache; ``encoder.cache=true`` reads it.
+encoder. ``scripts/precompute_text_embeddings.py`` writes the cache; ``text=cached`` reads it (imagen.text.source).
 
 Layout, beside the shards, one folder per encoder identity (jobs of a sweep share it)::
 
@@ -36,6 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 FORMAT = "imagen-text-cache/1"
 CACHE_DIR = "text_cache"
@@ -159,11 +160,11 @@ def read_rows(path: Path) -> dict[str, Tensor]:
 
 def pad_rows(rows: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Rows (L_i, D) -> embeddings (B, max L_i, D) float32 zero-padded and the (B, L) bool mask of valid tokens."""
-    length = max(1, max(r.shape[0] for r in rows))
-    emb = torch.zeros(len(rows), length, rows[0].shape[1], dtype=torch.float32)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        emb[i, : r.shape[0]], mask[i, : r.shape[0]] = r, True
+    emb = pad_sequence([r.float() for r in rows], batch_first=True, padding_value=0.0)  # (B, max L_i, D)
+    if emb.shape[1] == 0:  # every row empty: still one (padding) token per row
+        emb = emb.new_zeros(emb.shape[0], 1, emb.shape[2])
+    lengths = torch.tensor([r.shape[0] for r in rows], device=emb.device)
+    mask = torch.arange(emb.shape[1], device=emb.device) < lengths[:, None]  # (B, L) bool
     return emb, mask
 
 

@@ -22,7 +22,7 @@ class TextEncoderUnavailable(OSError):
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """One TCP connect instead of the hub client's retries (25-50 s when offline)."""
+    """One TCP connect instead of the hub client's slow retries when offline."""
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
