@@ -1,8 +1,8 @@
 """Minimal training script: compose the Hydra config, build the run, fit.
 
-    python train.py                                   # tiny model on the shapes world, CPU, offline
-    python train.py encoder=t5_xxl cond=cross_attn    # swap an ablation axis
-    python train.py -m cond=mean_pool,attn_pool,cross_attn seed=0,1   # a sweep
+python train.py                                   # tiny model on the shapes world, CPU, offline
+python train.py encoder=t5_xxl cond=cross_attn    # swap an ablation axis
+python train.py -m cond=mean_pool,attn_pool,cross_attn seed=0,1   # a sweep
 """
 
 from __future__ import annotations

@@ -47,10 +47,25 @@ from imagen.data.shapes import ShapesWorld
 from imagen.text.cache import STORAGE_DTYPES, encode_rows, pad_rows
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-CAPTIONS = ["a red circle and a blue square", "three yellow triangles", "a green square left of a purple circle",
-            "one orange circle"]
-DEFAULTS = {"mode": "train", "steps": 10, "warmup": 3, "repeats": 3, "batch_size": 32, "device": "auto", "precision": "auto",
-            "text_cache": False, "encode_batch": 64, "encode_captions": 512, "cache_dtype": "float16"}
+CAPTIONS = [
+    "a red circle and a blue square",
+    "three yellow triangles",
+    "a green square left of a purple circle",
+    "one orange circle",
+]
+DEFAULTS = {
+    "mode": "train",
+    "steps": 10,
+    "warmup": 3,
+    "repeats": 3,
+    "batch_size": 32,
+    "device": "auto",
+    "precision": "auto",
+    "text_cache": False,
+    "encode_batch": 64,
+    "encode_captions": 512,
+    "cache_dtype": "float16",
+}
 
 
 def world_captions(n: int) -> list[str]:
@@ -76,7 +91,9 @@ def encode_throughput(encoder, captions: list[str], batch: int, repeats: int, sy
 
 def benchmark(cfg) -> dict:
     bench = {**DEFAULTS, **OmegaConf.to_container(cfg.get("bench", {}))}
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"])
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"]
+    )
     precision = ("bf16" if device.type == "cuda" else "fp32") if bench["precision"] == "auto" else bench["precision"]
     text_cache = bool(bench["text_cache"])
     encoder = build_text_encoder(cfg) if text_cache else None
@@ -84,7 +101,11 @@ def benchmark(cfg) -> dict:
     module.text_encoder.to(device)
     opt = instantiate(cfg.optim.optimizer)(module.unet.parameters())
     b, s = bench["batch_size"], cfg.image_size
-    captions = world_captions(max(b, bench["encode_captions"])) if text_cache else [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]
+    captions = (
+        world_captions(max(b, bench["encode_captions"]))
+        if text_cache
+        else [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]
+    )
     batch = {"image": torch.rand(b, 3, s, s, device=device) * 2 - 1, "caption": captions[:b]}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     memo_size = getattr(module.text_encoder, "memo_size", 0)
@@ -109,9 +130,12 @@ def benchmark(cfg) -> dict:
         modes += ["online_no_memo", "cache"]
         rows = encode_rows(module.text_encoder, batch["caption"], bench["encode_batch"])
         cached_rows = [r.to(STORAGE_DTYPES[bench["cache_dtype"]]) for r in rows]
-        extra["encode_captions_per_s"] = round(encode_throughput(
-            module.text_encoder, captions, bench["encode_batch"], bench["repeats"], sync), 1)
-        extra.update(encode_batch=bench["encode_batch"], encode_captions=len(captions), cache_dtype=bench["cache_dtype"])
+        extra["encode_captions_per_s"] = round(
+            encode_throughput(module.text_encoder, captions, bench["encode_batch"], bench["repeats"], sync), 1
+        )
+        extra.update(
+            encode_batch=bench["encode_batch"], encode_captions=len(captions), cache_dtype=bench["cache_dtype"]
+        )
     for mode in modes:
         for _ in range(bench["warmup"]):
             step(mode)
@@ -120,7 +144,7 @@ def benchmark(cfg) -> dict:
         torch.cuda.reset_peak_memory_stats()
     windows: dict[str, list[float]] = {mode: [] for mode in modes}
     for r in range(bench["repeats"]):
-        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:  # interleaved and rotated: drift hits all alike
+        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:  # interleaved and rotated: drift hits all alike
             start = time.perf_counter()
             for _ in range(bench["steps"]):
                 step(mode)
@@ -131,22 +155,36 @@ def benchmark(cfg) -> dict:
     for mode in modes[1:]:
         extra[f"{mode}_median_s_per_step"] = round(statistics.median(windows[mode]), 5)
         extra[f"{mode}_images_per_s"] = round(b / statistics.median(windows[mode]), 2)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
-        "unet": cfg.unet.get("_target_", "").rsplit(".", 1)[-1], "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
-        "image_size": s, "batch_size": b, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "precision": precision,
-        "median_s_per_step": round(med, 5), "min_s_per_step": round(min(per_step), 5), "max_s_per_step": round(max(per_step), 5),
-        "images_per_s": round(b / med, 2), "peak_memory_mb": round(peak / 2**20, 1),
+        "unet": cfg.unet.get("_target_", "").rsplit(".", 1)[-1],
+        "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
+        "image_size": s,
+        "batch_size": b,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "median_s_per_step": round(med, 5),
+        "min_s_per_step": round(min(per_step), 5),
+        "max_s_per_step": round(max(per_step), 5),
+        "images_per_s": round(b / med, 2),
+        "peak_memory_mb": round(peak / 2**20, 1),
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "process_max_rss",
-        "steps_timed": bench["steps"] * bench["repeats"], **extra,
+        "steps_timed": bench["steps"] * bench["repeats"],
+        **extra,
     }
 
 
 def sampling_benchmark(cfg) -> dict:
     """Seconds per image of the configured sampler (`bench.repeats` whole runs after a 5-step warm-up run)."""
     bench = {**DEFAULTS, **OmegaConf.to_container(cfg.get("bench", {}))}
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"])
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"]
+    )
     precision = ("bf16" if device.type == "cuda" else "fp32") if bench["precision"] == "auto" else bench["precision"]
     module = build_module(cfg).to(device).eval()
     module.text_encoder.to(device)
@@ -172,16 +210,31 @@ def sampling_benchmark(cfg) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = [run(r + 1) for r in range(bench["repeats"])]
     med = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
-        "mode": "sample", "unet": cfg.unet.get("_target_", "").rsplit(".", 1)[-1], "sampler": type(sampler).__name__, "sampler_steps": sampler.steps,
-        "thresholding": type(module.thresholding).__name__, "guidance_weight": cfg.guidance_weight,
-        "unet_parameters": sum(p.numel() for p in module.unet.parameters()), "image_size": cfg.image_size,
-        "batch_size": b, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "precision": precision,
-        "median_s_per_image": round(med / b, 4), "median_s_per_run": round(med, 3),
-        "median_ms_per_step": round(1000 * med / sampler.steps, 2), "min_s_per_run": round(min(times), 3),
-        "max_s_per_run": round(max(times), 3), "runs_timed": len(times), "peak_memory_mb": round(peak / 2**20, 1),
+        "mode": "sample",
+        "unet": cfg.unet.get("_target_", "").rsplit(".", 1)[-1],
+        "sampler": type(sampler).__name__,
+        "sampler_steps": sampler.steps,
+        "thresholding": type(module.thresholding).__name__,
+        "guidance_weight": cfg.guidance_weight,
+        "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
+        "image_size": cfg.image_size,
+        "batch_size": b,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "median_s_per_image": round(med / b, 4),
+        "median_s_per_run": round(med, 3),
+        "median_ms_per_step": round(1000 * med / sampler.steps, 2),
+        "min_s_per_run": round(min(times), 3),
+        "max_s_per_run": round(max(times), 3),
+        "runs_timed": len(times),
+        "peak_memory_mb": round(peak / 2**20, 1),
     }
 
 

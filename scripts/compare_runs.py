@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", help="the W&B group (the ablation's name) with --wandb")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--title", help="title of the table and plots")
-    parser.add_argument("--alignment", help="the alignment metric (x axis), e.g. judge/partial/all; default: the suite's")
+    parser.add_argument(
+        "--alignment", help="the alignment metric (x axis), e.g. judge/partial/all; default: the suite's"
+    )
     args = parser.parse_args(argv)
     try:
         if args.wandb:

@@ -23,7 +23,7 @@ KEYS = {"train": ("median_s_per_step", "peak_memory_mb"), "sample": ("median_s_p
 
 
 def parse(argv: list[str]) -> tuple[list[str], int, list[str]]:
-    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     opts = dict(a.split("=", 1) for a in own if "=" in a)
     unknown = [a for a in own if "=" not in a or a.split("=", 1)[0] not in ("unets", "repeats")]
     if unknown or "unets" not in opts:
@@ -35,8 +35,11 @@ def parse(argv: list[str]) -> tuple[list[str], int, list[str]]:
 
 
 def measure(unet: str, mode: str, rest: list[str]) -> dict:
-    out = subprocess.run([sys.executable, str(SCRIPT), f"unet={unet}", f"bench.mode={mode}", "bench.repeats=1", *rest],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), f"unet={unet}", f"bench.mode={mode}", "bench.repeats=1", *rest],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:  # e.g. out of memory: recorded, and the comparison goes on
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": last[:300], "out_of_memory": "OutOfMemoryError" in last}
@@ -51,7 +54,7 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     rows: dict[tuple[str, str], list[dict]] = {}
     for r in range(repeats):
-        for unet in unets[r % len(unets):] + unets[:r % len(unets)]:
+        for unet in unets[r % len(unets) :] + unets[: r % len(unets)]:
             for mode in KEYS:
                 row = measure(unet, mode, rest)
                 rows.setdefault((unet, mode), []).append(row)

@@ -25,8 +25,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from imagen.eval.guidance_sweep import evaluate  # noqa: F401  (re-exported: tests and notebooks call it)
 from imagen.cli import run_script
+from imagen.eval.guidance_sweep import evaluate  # noqa: F401  (re-exported: tests and notebooks call it)
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")

@@ -31,7 +31,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="evaluate.py run directories or metrics.json files")
     parser.add_argument("--out", default="pareto.png")
-    parser.add_argument("--label", nargs="+", default=["thresholding"], help="metrics.json fields naming a curve (dotted paths allowed)")
+    parser.add_argument(
+        "--label", nargs="+", default=["thresholding"], help="metrics.json fields naming a curve (dotted paths allowed)"
+    )
     parser.add_argument("--x", default=None, help="the alignment metric (default: each run's alignment_key)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--log-y", action="store_true", help="FID on a log axis")
@@ -45,8 +47,15 @@ def main(argv: list[str]) -> None:
     out = plot_pareto(curves, args.out, x_key=args.x, title=args.title, log_y=args.log_y)
     cats = plot_categories(curves, Path(args.out).with_name(Path(args.out).stem + "_categories.png"))
     keys = ["guidance", "fid", "kid", "saturated", args.x or runs[0]["alignment_key"]]
-    cat_keys = sorted({k for m in runs for r in m["results"] for k in r
-                       if k.startswith("judge/") and k not in keys and k.count("/") == 1})  # per category
+    cat_keys = sorted(
+        {
+            k
+            for m in runs
+            for r in m["results"]
+            for k in r
+            if k.startswith("judge/") and k not in keys and k.count("/") == 1
+        }
+    )  # per category
     print("| run | " + " | ".join(keys + cat_keys) + " |")
     print("|---" * (len(keys) + len(cat_keys) + 1) + "|")
     for label, m in curves.items():

@@ -33,8 +33,17 @@ from tqdm import tqdm
 
 from imagen.build import build_text_encoder, encoder_identity
 from imagen.data.pipeline import decode_caption
-from imagen.text.cache import (STORAGE_DTYPES, encode_rows, local_shard, prompts_cache_file, read_meta, shard_cache_file,
-                               shard_stat, stale_reason, write_cache_file)
+from imagen.text.cache import (
+    STORAGE_DTYPES,
+    encode_rows,
+    local_shard,
+    prompts_cache_file,
+    read_meta,
+    shard_cache_file,
+    shard_stat,
+    stale_reason,
+    write_cache_file,
+)
 
 log = logging.getLogger("precompute_text_embeddings")
 
@@ -46,8 +55,10 @@ ConfigStore.instance().store(name=CONFIG_NAME, node={"defaults": ["config", "_se
 def read_captions(url: str) -> tuple[list[str], list[str]]:
     """Keys and captions of a shard's samples with a caption, in shard order (only `.txt` members are read).
     An invalid-utf-8 caption (which training skips) is kept, decoded with replacement characters."""
-    pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(
-        select_files=lambda name: name.rsplit("/", 1)[-1].split(".", 1)[-1].lower() == "txt"))
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList([url]),
+        wds.tarfile_to_samples(select_files=lambda name: name.rsplit("/", 1)[-1].split(".", 1)[-1].lower() == "txt"),
+    )
     keys, captions = [], []
     for raw in pipeline:
         if "txt" in raw:
@@ -60,8 +71,16 @@ def read_captions(url: str) -> tuple[list[str], list[str]]:
     return keys, captions
 
 
-def precompute(cfg: DictConfig, dtype: str = "float16", batch_size: int = 64, rank: int | None = None,
-               world_size: int | None = None, force: bool = False, device: str = "auto", progress: bool = True) -> dict:
+def precompute(
+    cfg: DictConfig,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    rank: int | None = None,
+    world_size: int | None = None,
+    force: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Write this rank's share of the text cache of `cfg`'s encoder over `cfg`'s training shards -> a summary."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
@@ -82,9 +101,17 @@ def precompute(cfg: DictConfig, dtype: str = "float16", batch_size: int = 64, ra
         if not force and stale_reason(prompts_file, identity, storage_dtype=dtype) is None:
             cached = read_meta(prompts_file)["keys"]
             prompts = list(dict.fromkeys(cached + prompts)) if set(prompts) - set(cached) else []
-    summary = {"rank": rank, "world_size": world_size, "cache_dir": str(shard_cache_file(urls[0], identity).parent),
-               "storage_dtype": dtype, "shards": len(mine), "shards_encoded": len(todo), "captions": 0,
-               "unique_captions": 0, "encode_s": 0.0}
+    summary = {
+        "rank": rank,
+        "world_size": world_size,
+        "cache_dir": str(shard_cache_file(urls[0], identity).parent),
+        "storage_dtype": dtype,
+        "shards": len(mine),
+        "shards_encoded": len(todo),
+        "captions": 0,
+        "unique_captions": 0,
+        "encode_s": 0.0,
+    }
     if not todo and not prompts:
         log.info("text cache %s is current for this rank's %d shards", summary["cache_dir"], len(mine))
         return summary

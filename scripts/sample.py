@@ -27,9 +27,9 @@ from PIL import Image
 
 from imagen.cascade.cascade import STAGE_SEED_STRIDE, generate_cascade
 from imagen.checkpoint import load_cascade
+from imagen.cli import run_script
 from imagen.images import to_uint8
 from imagen.lightning.grid import caption_grid, save_png
-from imagen.cli import run_script
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,20 @@ def sample(cfg: DictConfig, out_dir: Path) -> Path:
         return values[0] if len(values) == 1 else values
 
     st = cascade.settings
-    settings = {"guidance": one([s.guidance for s in st]), "sampler": choices.get("sampler", type(st[0].sampler).__name__),
-                "sampler_config": OmegaConf.to_yaml(cfg.sampler).strip(),
-                "steps": one([getattr(s.sampler, "steps", None) for s in st]),
-                "thresholding": one([type(s.thresholding).__name__ for s in st]) if cfg.stage_thresholding
-                else choices.get("thresholding", type(st[0].thresholding).__name__),
-                "seed": cfg.seed, "batch_size": cfg.batch_size, "ckpt": one([i["ckpt"] for i in infos]),
-                "step": one([i["global_step"] for i in infos]), "ema": infos[-1]["ema"]}
+    settings = {
+        "guidance": one([s.guidance for s in st]),
+        "sampler": choices.get("sampler", type(st[0].sampler).__name__),
+        "sampler_config": OmegaConf.to_yaml(cfg.sampler).strip(),
+        "steps": one([getattr(s.sampler, "steps", None) for s in st]),
+        "thresholding": one([type(s.thresholding).__name__ for s in st])
+        if cfg.stage_thresholding
+        else choices.get("thresholding", type(st[0].thresholding).__name__),
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "ckpt": one([i["ckpt"] for i in infos]),
+        "step": one([i["global_step"] for i in infos]),
+        "ema": infos[-1]["ema"],
+    }
     if len(st) > 1:
         settings.update({"aug_level": [s.aug_level for s in st[1:]], "stage_seed_stride": STAGE_SEED_STRIDE})
     for images in per_stage:
@@ -87,12 +94,21 @@ def sample(cfg: DictConfig, out_dir: Path) -> Path:
         arr = to_uint8(images)
         for k, caption in enumerate(captions):
             p, i = divmod(k, cfg.n)
-            meta = {"prompt": caption, **settings, "resolution": res, "index": k,
-                    "chunk_seed": cfg.seed + k // cfg.batch_size, "index_in_chunk": k % cfg.batch_size}
+            meta = {
+                "prompt": caption,
+                **settings,
+                "resolution": res,
+                "index": k,
+                "chunk_seed": cfg.seed + k // cfg.batch_size,
+                "index_in_chunk": k % cfg.batch_size,
+            }
             save_png(Image.fromarray(arr[k]), sub / f"{p:03d}_{slug(caption)}_{i:02d}.png", meta)
         if len(per_stage) > 1:
-            save_png(caption_grid(images, captions, per_row=cfg.n, scale=cfg.scale), out_dir / f"grid_{res}px.png",
-                     {"prompts": " | ".join(prompts), "resolution": res, **settings})
+            save_png(
+                caption_grid(images, captions, per_row=cfg.n, scale=cfg.scale),
+                out_dir / f"grid_{res}px.png",
+                {"prompts": " | ".join(prompts), "resolution": res, **settings},
+            )
     grid = caption_grid(per_stage[-1], captions, per_row=cfg.n, scale=cfg.scale)
     path = save_png(grid, out_dir / "grid.png", {"prompts": " | ".join(prompts), **settings})
     if len(per_stage) > 1:

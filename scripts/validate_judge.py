@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blur", type=float, default=0.5, help="Gaussian blur radius (sigma, px)")
     ap.add_argument("--seed", type=int, default=1234, help="val-split seed (training uses the train split)")
     ap.add_argument("--negatives", type=int, default=3, help="other captions tried per image")
-    ap.add_argument("--stress-n", type=int, default=300,
-                    help="samples per resolution for the (unrequired) stress settings noise 16 / blur 1.0; 0 = skip")
+    ap.add_argument(
+        "--stress-n",
+        type=int,
+        default=300,
+        help="samples per resolution for the (unrequired) stress settings noise 16 / blur 1.0; 0 = skip",
+    )
     ap.add_argument("--out", type=Path, default=Path("docs/judge_validation.json"))
     args = ap.parse_args(argv)
 
@@ -73,17 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     for res in args.resolutions if args.stress_n else []:
         for noise, blur in STRESS:
             r = validate(res, args.stress_n, noise, blur, args.seed, args.negatives)
-            stress.append({k: r[k] for k in ("resolution", "n", "noise_std", "blur_radius", "acceptance", "rejection")}
-                          | {"shape_accuracy": r["detection"]["shape_accuracy"],
-                             "shape_confusions": r["detection"]["shape_confusions"]})
+            stress.append(
+                {k: r[k] for k in ("resolution", "n", "noise_std", "blur_radius", "acceptance", "rejection")}
+                | {
+                    "shape_accuracy": r["detection"]["shape_accuracy"],
+                    "shape_confusions": r["detection"]["shape_confusions"],
+                }
+            )
     report = {"required": REQUIRED, "passed": passed, "results": results, "stress": stress}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(_table(results))
     for r in stress:
-        print(f"stress {r['resolution']} px noise {r['noise_std']:g} blur {r['blur_radius']:g}: accept "
-              f"{r['acceptance']['all']['rate']:.4f}, reject {r['rejection']['all']['rate']:.4f}, shape acc "
-              f"{r['shape_accuracy']:.4f} {r['shape_confusions'] or ''}")
+        print(
+            f"stress {r['resolution']} px noise {r['noise_std']:g} blur {r['blur_radius']:g}: accept "
+            f"{r['acceptance']['all']['rate']:.4f}, reject {r['rejection']['all']['rate']:.4f}, shape acc "
+            f"{r['shape_accuracy']:.4f} {r['shape_confusions'] or ''}"
+        )
     print(f"{'PASSED' if passed else 'FAILED'} (>= {REQUIRED:.0%} acceptance and rejection); wrote {args.out}")
     return 0 if passed else 1
 

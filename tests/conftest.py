@@ -33,11 +33,30 @@ def compose_config():
 
 def tiny_overrides(tmp_path: Path, steps: int = 4, shapes: bool = True) -> list[str]:
     """A tiny shapes-world run in tmp_path: 64 samples, 16 px, a 2-level U-Net, CSV logging, `steps` steps."""
-    data = [f"data.root={tmp_path}/data", "data.n_train=64", "data.samples_per_shard=32", "data.gen_procs=1",
-            "data.world.n_eval=2"] if shapes else []
+    data = (
+        [
+            f"data.root={tmp_path}/data",
+            "data.n_train=64",
+            "data.samples_per_shard=32",
+            "data.gen_procs=1",
+            "data.world.n_eval=2",
+        ]
+        if shapes
+        else []
+    )
     return data + [
-        "image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "logger=csv",
-        "data.batch_size=4", "data.num_workers=0", "data.eval_repeats=2",
-        f"trainer.max_steps={steps}", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "callbacks.model_checkpoint.every_n_train_steps=2", "sampler.steps=3", "callbacks.ema.start_step=1", f"run_dir={tmp_path}/run",
+        "image_size=16",
+        "unet.channel_mult=[1,2]",
+        "unet.attn_resolutions=[8]",
+        "logger=csv",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.eval_repeats=2",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "sampler.steps=3",
+        "callbacks.ema.start_step=1",
+        f"run_dir={tmp_path}/run",
     ]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
+from test_eval import eval_cfg
 
 from imagen.build import build_module
 from imagen.cascade.cascade import Cascade, StageSettings, check_chain
@@ -24,7 +25,7 @@ from imagen.checkpoint import load_model
 from imagen.diffusion.schedule import CosineSchedule
 from imagen.models.attention import CrossAttentionBlock
 from imagen.run import run
-from test_eval import eval_cfg
+
 from conftest import ROOT, compose_cfg, tiny_overrides
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -104,21 +105,24 @@ def test_crops_take_the_same_window_of_target_and_conditioning():
     full = upsample(downsample(x, 8), 16)
     offsets = set()
     for b in range(6):
-        hits = [(i, j) for i in range(13) for j in range(13) if torch.equal(x[b, :, i:i + 4, j:j + 4], target[b])]
+        hits = [(i, j) for i in range(13) for j in range(13) if torch.equal(x[b, :, i : i + 4, j : j + 4], target[b])]
         assert len(hits) == 1
         i, j = hits[0]
-        torch.testing.assert_close(inputs["lowres"][b], full[b, :, i:i + 4, j:j + 4])
+        torch.testing.assert_close(inputs["lowres"][b], full[b, :, i : i + 4, j : j + 4])
         offsets.add(hits[0])
     assert len(offsets) > 1  # a random window per sample
 
 
-@pytest.mark.parametrize("build,message", [
-    (lambda: SuperResolution(image_size=16, low_res_size=5), "low_res_size must divide"),
-    (lambda: SuperResolution(image_size=16, low_res_size=16), "low_res_size must divide"),
-    (lambda: SuperResolution(image_size=16, low_res_size=4, crop_size=6), "multiple of the upsampling factor 4"),
-    (lambda: SuperResolution(image_size=16, low_res_size=4, crop_size=32), r"crop_size must be in \(0, 16\]"),
-    (lambda: Base(16, noise_aug=GaussianAugmentation(CosineSchedule())), "super-resolution stages only"),
-])
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: SuperResolution(image_size=16, low_res_size=5), "low_res_size must divide"),
+        (lambda: SuperResolution(image_size=16, low_res_size=16), "low_res_size must divide"),
+        (lambda: SuperResolution(image_size=16, low_res_size=4, crop_size=6), "multiple of the upsampling factor 4"),
+        (lambda: SuperResolution(image_size=16, low_res_size=4, crop_size=32), r"crop_size must be in \(0, 16\]"),
+        (lambda: Base(16, noise_aug=GaussianAugmentation(CosineSchedule())), "super-resolution stages only"),
+    ],
+)
 def test_stage_config_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
@@ -139,7 +143,12 @@ def test_stage_input_errors():
 def test_sr_unet_needs_its_conditioning():
     cfg = compose_cfg(["experiment=sr64_tiny", "image_size=16", "stage.low_res_size=8"])
     unet = build_module(cfg).unet
-    x, t, emb, mask = torch.randn(1, 3, 16, 16), torch.rand(1), torch.randn(1, 4, 384), torch.ones(1, 4, dtype=torch.bool)
+    x, t, emb, mask = (
+        torch.randn(1, 3, 16, 16),
+        torch.rand(1),
+        torch.randn(1, 4, 384),
+        torch.ones(1, 4, dtype=torch.bool),
+    )
     with pytest.raises(ValueError, match="takes 3 low-resolution channels, got none"):
         unet(x, t, emb, mask, aug_level=torch.zeros(1))
     with pytest.raises(ValueError, match="needs aug_level"):
@@ -183,8 +192,9 @@ def test_crop_trained_stage_samples_four_times_the_crop_size(tmp_path):
         loss.backward(), opt.step(), opt.zero_grad()
     assert seen == [(16, 16), (16, 16)]  # trained on crops
     cfg.sampler.steps = 2
-    images = module.sample(batch["caption"], sampler=instantiate(cfg.sampler), lowres=downsample(batch["image"], 16),
-                           aug_level=0.1)
+    images = module.sample(
+        batch["caption"], sampler=instantiate(cfg.sampler), lowres=downsample(batch["image"], 16), aug_level=0.1
+    )
     assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
     assert seen[-1] == (64, 64)  # sampled on the whole image
 
@@ -219,21 +229,37 @@ def test_cascade_matches_stage_by_stage_sampling(ckpts):
     low, high = cascade.sample(["a red circle"], seed=5)
     assert low.shape == (1, 3, 16, 16) and high.shape == (1, 3, 32, 32)
     torch.testing.assert_close(low, base.sample(["a red circle"], 2.0, sampler, seed=5))
-    torch.testing.assert_close(high, sr.sample(["a red circle"], 3.0, sampler, seed=5 + 7919, lowres=low, aug_level=0.2))
+    torch.testing.assert_close(
+        high, sr.sample(["a red circle"], 3.0, sampler, seed=5 + 7919, lowres=low, aug_level=0.2)
+    )
     # The low-res input matters.
     other = sr.sample(["a red circle"], 3.0, sampler, seed=5 + 7919, lowres=-low, aug_level=0.2)
     assert not torch.allclose(high, other)
 
 
 def sample_cmd(ckpts, tmp_path, *args) -> list[str]:
-    return [sys.executable, str(ROOT / "scripts" / "sample.py"), f"ckpt=[{ckpts['base']},{ckpts['sr']}]",
-            "prompt=[a red circle,two blue squares]", "n=2", "steps=2", "device=cpu", *args,
-            f"hydra.run.dir={tmp_path}"]
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "sample.py"),
+        f"ckpt=[{ckpts['base']},{ckpts['sr']}]",
+        "prompt=[a red circle,two blue squares]",
+        "n=2",
+        "steps=2",
+        "device=cpu",
+        *args,
+        f"hydra.run.dir={tmp_path}",
+    ]
 
 
+@pytest.mark.slow
 def test_sample_script_writes_every_resolution_of_a_cascade(ckpts, tmp_path):
-    res = subprocess.run(sample_cmd(ckpts, tmp_path, "guidance=[2,3]", "aug_level=0.2", "stage_thresholding=[dynamic,static]"),
-                         capture_output=True, text=True, timeout=300, env=ENV)
+    res = subprocess.run(
+        sample_cmd(ckpts, tmp_path, "guidance=[2,3]", "aug_level=0.2", "stage_thresholding=[dynamic,static]"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     for res_px in (16, 32):
         files = sorted((tmp_path / "images" / f"{res_px}px").glob("*.png"))
@@ -246,36 +272,58 @@ def test_sample_script_writes_every_resolution_of_a_cascade(ckpts, tmp_path):
     assert Image.open(tmp_path / "cascade.png").size == (180 + 2 * 2 * (32 * 2 + 2), 2 * (32 * 2 + 2))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["guidance=[1,2,3]"], "guidance has 3 values for 2 stages"),
-    (["aug_level=[0.1,0.2]"], "aug_level has 2 values for 1 super-resolution stage"),
-    (["aug_level=1.5"], r"aug_level must be in \[0, 1\]"),
-    (["stage_thresholding=[dynamic,nope]"], "unknown thresholding 'nope' in stage_thresholding; valid: \\['dynamic', 'none', 'static'\\]"),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["guidance=[1,2,3]"], "guidance has 3 values for 2 stages"),
+        (["aug_level=[0.1,0.2]"], "aug_level has 2 values for 1 super-resolution stage"),
+        (["aug_level=1.5"], r"aug_level must be in \[0, 1\]"),
+        (
+            ["stage_thresholding=[dynamic,nope]"],
+            "unknown thresholding 'nope' in stage_thresholding; valid: \\['dynamic', 'none', 'static'\\]",
+        ),
+    ],
+)
 def test_cascade_sample_bad_input_is_one_line(ckpts, tmp_path, args, message):
     res = subprocess.run(sample_cmd(ckpts, tmp_path, *args), capture_output=True, text=True, timeout=300, env=ENV)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr[-1500:]
     import re
+
     assert re.search(message, lines[0]), lines[0]
 
 
+@pytest.mark.slow
 def test_cascade_order_and_aug_level_errors(ckpts, tmp_path):
-    reversed_order = [a if not a.startswith("ckpt=") else f"ckpt=[{ckpts['sr']},{ckpts['base']}]"
-                      for a in sample_cmd(ckpts, tmp_path)]
+    reversed_order = [
+        a if not a.startswith("ckpt=") else f"ckpt=[{ckpts['sr']},{ckpts['base']}]" for a in sample_cmd(ckpts, tmp_path)
+    ]
     res = subprocess.run(reversed_order, capture_output=True, text=True, timeout=300, env=ENV)
     assert res.returncode == 2 and "a cascade starts with a base model" in res.stderr
-    no_aug = [a if not a.startswith("ckpt=") else f"ckpt=[{ckpts['base']},{ckpts['sr_none']}]"
-              for a in sample_cmd(ckpts, tmp_path, "aug_level=0.3")]
+    no_aug = [
+        a if not a.startswith("ckpt=") else f"ckpt=[{ckpts['base']},{ckpts['sr_none']}]"
+        for a in sample_cmd(ckpts, tmp_path, "aug_level=0.3")
+    ]
     res = subprocess.run(no_aug, capture_output=True, text=True, timeout=300, env=ENV)
     assert res.returncode == 2 and "trained with noise_aug=none" in res.stderr
 
 
 def test_evaluate_a_cascade_at_its_final_resolution(ckpts, tmp_path):
-    overrides = [f"ckpt=[{ckpts['base']},{ckpts['sr']}]", "cascade_guidance=1.5", "guidance=[1,3]", "aug_level=0.2",
-                 "steps=2", "eval.n_per_category=1", "eval.n_reference_per_category=2", "grid_per_category=1",
-                 "logger=csv", "device=cpu", "batch_size=8"]
+    overrides = [
+        f"ckpt=[{ckpts['base']},{ckpts['sr']}]",
+        "cascade_guidance=1.5",
+        "guidance=[1,3]",
+        "aug_level=0.2",
+        "steps=2",
+        "eval.n_per_category=1",
+        "eval.n_reference_per_category=2",
+        "grid_per_category=1",
+        "logger=csv",
+        "device=cpu",
+        "batch_size=8",
+    ]
     metrics = evaluate_script.evaluate(eval_cfg(overrides), tmp_path)
     assert [r["guidance"] for r in metrics["results"]] == [1.0, 3.0]
     assert metrics["cascade"]["resolutions"] == [16, 32] and metrics["cascade"]["aug_level"] == [0.2]
@@ -298,18 +346,34 @@ EXPERIMENTS = ["sr64_tiny", "sr128_crops_tiny"]  # the single-stage experiments;
 def test_stage_experiments_compose_and_train_a_step(name):
     cfg = compose_cfg([f"experiment={name}"])
     assert cfg.stage._target_.startswith("imagen.cascade.stage.")
-    small = compose_cfg([f"experiment={name}", "image_size=32", f"stage.low_res_size={cfg.stage.get('low_res_size') and 16}"]
-                        + (["stage.crop_size=16"] if cfg.stage.get("crop_size") else []))
+    small = compose_cfg(
+        [f"experiment={name}", "image_size=32", f"stage.low_res_size={cfg.stage.get('low_res_size') and 16}"]
+        + (["stage.crop_size=16"] if cfg.stage.get("crop_size") else [])
+    )
     module = build_module(small)
-    loss = module.compute_loss({"image": torch.rand(2, 3, 32, 32) * 2 - 1, "caption": ["a red circle", "a blue square"]})
+    loss = module.compute_loss(
+        {"image": torch.rand(2, 3, 32, 32) * 2 - 1, "caption": ["a red circle", "a blue square"]}
+    )
     loss.backward()
     assert torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_compare_unets_reports_ratios():
-    cmd = [sys.executable, str(ROOT / "scripts" / "compare_unets.py"), "unets=sr_tiny,sr_tiny_standard", "repeats=1", "--",
-           "experiment=sr64_tiny", "image_size=32", "stage.low_res_size=16", "bench.batch_size=2", "bench.steps=1",
-           "bench.warmup=1", "sampler.steps=2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "compare_unets.py"),
+        "unets=sr_tiny,sr_tiny_standard",
+        "repeats=1",
+        "--",
+        "experiment=sr64_tiny",
+        "image_size=32",
+        "stage.low_res_size=16",
+        "bench.batch_size=2",
+        "bench.steps=1",
+        "bench.warmup=1",
+        "sampler.steps=2",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])["summary"]
@@ -317,16 +381,24 @@ def test_compare_unets_reports_ratios():
     assert set(ratios) == {"train_time_ratio", "sample_time_ratio", "train_memory_ratio", "sample_memory_ratio"}
     assert all(v is not None and v > 0 for v in ratios.values())
     assert summary["sr_tiny"]["parameters"] != summary["sr_tiny_standard"]["parameters"]
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_unets.py"), "unets=sr_tiny"],
-                         capture_output=True, text=True, timeout=60, env=ENV)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare_unets.py"), "unets=sr_tiny"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
     assert bad.returncode == 2 and "at least two" in bad.stderr
 
 
-@pytest.mark.parametrize("overrides,size,crop", [
-    (["stage=sr256", "unet=sr256_600m", "noise_aug=gaussian"], 256, 256),
-    (["stage=sr1024", "unet=sr1024_400m", "noise_aug=gaussian", "schedule=linear"], 1024, 256),
-    (["stage=base64", "unet=base_300m"], 64, 64),
-])
+@pytest.mark.parametrize(
+    "overrides,size,crop",
+    [
+        (["stage=sr256", "unet=sr256_600m", "noise_aug=gaussian"], 256, 256),
+        (["stage=sr1024", "unet=sr1024_400m", "noise_aug=gaussian", "schedule=linear"], 1024, 256),
+        (["stage=base64", "unet=base_300m"], 64, 64),
+    ],
+)
 def test_paper_stages_compose_and_build(overrides, size, crop):
     """The issue's paper-scale commands: config and network (on the meta device: no memory, no compute)."""
     from imagen.build import build_stage, build_unet

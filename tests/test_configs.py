@@ -4,7 +4,6 @@ thresholding) combination trains a step and samples."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +21,22 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = ["encoder", "text", "cond", "unet", "schedule", "prediction", "optim", "data", "sampler", "thresholding", "trainer", "logger",
-          "stage", "noise_aug"]
+GROUPS = [
+    "encoder",
+    "text",
+    "cond",
+    "unet",
+    "schedule",
+    "prediction",
+    "optim",
+    "data",
+    "sampler",
+    "thresholding",
+    "trainer",
+    "logger",
+    "stage",
+    "noise_aug",
+]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -84,25 +97,44 @@ def encoder():
 COMBOS = list(itertools.product(options("cond"), options("prediction"), options("schedule")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cond,prediction,schedule", COMBOS)
 def test_every_combination_trains_and_samples(cond, prediction, schedule, encoder):
-    cfg = compose_cfg([f"cond={cond}", f"prediction={prediction}", f"schedule={schedule}", "image_size=16",
-                       "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "sampler.steps=2"])
+    cfg = compose_cfg(
+        [
+            f"cond={cond}",
+            f"prediction={prediction}",
+            f"schedule={schedule}",
+            "image_size=16",
+            "unet.channel_mult=[1,2]",
+            "unet.attn_resolutions=[8]",
+            "sampler.steps=2",
+        ]
+    )
     module = build_module(cfg, text_encoder=encoder)
     opt = instantiate(cfg.optim.optimizer)(module.unet.parameters())
-    loss = module.compute_loss({"image": torch.rand(2, 3, 16, 16) * 2 - 1, "caption": ["a red circle", "two blue squares"]})
+    loss = module.compute_loss(
+        {"image": torch.rand(2, 3, 16, 16) * 2 - 1, "caption": ["a red circle", "two blue squares"]}
+    )
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
     for sampler, thresholding in itertools.product(options("sampler"), options("thresholding")):
         s_cfg = compose_cfg([f"sampler={sampler}", f"thresholding={thresholding}", "sampler.steps=2"])
-        x = module.sample(["a red circle"], guidance_weight=2.0, sampler=instantiate(s_cfg.sampler),
-                          thresholding=instantiate(s_cfg.thresholding), seed=0)
+        x = module.sample(
+            ["a red circle"],
+            guidance_weight=2.0,
+            sampler=instantiate(s_cfg.sampler),
+            thresholding=instantiate(s_cfg.thresholding),
+            seed=0,
+        )
         assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_final_fraction():
-    cfg = compose_cfg(["trainer.max_steps=300", "optim.lr_schedule.warmup_steps=100", "optim.lr_schedule.final_lr_fraction=0.1"])
+    cfg = compose_cfg(
+        ["trainer.max_steps=300", "optim.lr_schedule.warmup_steps=100", "optim.lr_schedule.final_lr_fraction=0.1"]
+    )
     factor = instantiate(cfg.optim.lr_schedule)
     assert factor(0) == pytest.approx(0.01) and factor(99) == pytest.approx(1.0)  # linear warm-up (§4.1)
     assert factor(200) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine: cos(pi / 2) = 0

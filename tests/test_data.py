@@ -18,6 +18,8 @@ import webdataset as wds
 from PIL import Image
 
 from imagen.data import pipeline as pl_mod
+from imagen.data.captions import CATEGORIES, NUMBER_WORDS, PLURALS, normalize_caption, parse_caption
+from imagen.data.constraints import CONSTRAINT_TYPES, Binding, Count, Relation, check_constraints, constraint_from_dict
 from imagen.data.datamodule import ShapesDataModule, WebDataModule
 from imagen.data.pipeline import (
     ShardList,
@@ -27,11 +29,9 @@ from imagen.data.pipeline import (
     resize_center_crop,
     to_tensor,
 )
-from imagen.data.captions import CATEGORIES, NUMBER_WORDS, PLURALS, normalize_caption, parse_caption
-from imagen.data.constraints import CONSTRAINT_TYPES, Binding, Count, Relation, check_constraints, constraint_from_dict
 from imagen.data.shapes import ShapesWorld
-from imagen.data.vocab import PALETTE, SHAPES
 from imagen.data.shards import ensure_shards, ensure_splits, load_cached_shards, write_shards
+from imagen.data.vocab import PALETTE, SHAPES
 
 
 def sha256(path: str | pathlib.Path) -> str:
@@ -103,10 +103,14 @@ def test_captions_agree_with_ground_truth():
             rels = [c for c in cons if c["type"] == "relation"]
             assert rels
             for r in rels:
-                (sub,) = [o for o in objs if o["color"] == r["subject"]["color"] and o["shape"] == r["subject"]["shape"]]
+                (sub,) = [
+                    o for o in objs if o["color"] == r["subject"]["color"] and o["shape"] == r["subject"]["shape"]
+                ]
                 (obj,) = [o for o in objs if o["color"] == r["object"]["color"] and o["shape"] == r["object"]["shape"]]
                 dx, dy = obj["cx"] - sub["cx"], obj["cy"] - sub["cy"]  # y points down
-                primary, off = {"left_of": (dx, dy), "right_of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[r["relation"]]
+                primary, off = {"left_of": (dx, dy), "right_of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[
+                    r["relation"]
+                ]
                 assert primary >= (sub["size"] + obj["size"]) / 2 and abs(off) <= 0.5 * primary, s.caption
         # pixels: the centre of every object has its named colour
         img = np.asarray(s.image).astype(int)
@@ -121,8 +125,12 @@ def test_constraints_round_trip_and_unknown_type():
     examples = {
         "binding": {"type": "binding", "color": "red", "shape": "circle"},
         "count": {"type": "count", "color": "blue", "shape": "square", "n": 3},
-        "relation": {"type": "relation", "subject": {"color": "red", "shape": "circle"}, "relation": "below",
-                     "object": {"color": "green", "shape": "triangle"}},
+        "relation": {
+            "type": "relation",
+            "subject": {"color": "red", "shape": "circle"},
+            "relation": "below",
+            "object": {"color": "green", "shape": "triangle"},
+        },
     }
     assert set(examples) == set(CONSTRAINT_TYPES)  # one example per registered kind
     classes = {"binding": Binding, "count": Count, "relation": Relation}
@@ -168,13 +176,23 @@ def test_holdouts_never_in_training():
         for r in reds:  # the held-out relation is neither stated nor true in any training image
             for b in blues:
                 assert not check_constraints(
-                    [r, b], [{"type": "relation", "subject": {"color": "red", "shape": "circle"},
-                              "relation": "left_of", "object": {"color": "blue", "shape": "square"}}])[0]
+                    [r, b],
+                    [
+                        {
+                            "type": "relation",
+                            "subject": {"color": "red", "shape": "circle"},
+                            "relation": "left_of",
+                            "object": {"color": "blue", "shape": "square"},
+                        }
+                    ],
+                )[0]
 
 
 def test_eval_prompts_excluded_by_construction():
     # a tiny world where every single-object caption would appear within a few hundred samples
-    w = ShapesWorld(colors=["red", "blue"], shapes=["circle", "square"], categories=["counting"], count_weights=[1.0], n_eval=2)
+    w = ShapesWorld(
+        colors=["red", "blue"], shapes=["circle", "square"], categories=["counting"], count_weights=[1.0], n_eval=2
+    )
     assert w.eval_captions() == ["a red circle", "a blue square"]
     captions = {w.sample(i, seed=0, render=False).caption for i in range(300)}
     assert not captions & {"a red circle", "a blue square"}
@@ -292,7 +310,9 @@ def test_training_pipeline_is_infinite_and_shuffled(shards):
     keys = [s["key"] for s in itertools.islice(pipe, 100)]
     assert len(keys) == 100 and set(keys) == {f"{i:09d}" for i in range(40)}
     assert keys[:40] != sorted(keys[:40])
-    again = [s["key"] for s in itertools.islice(make_pipeline(shards, 32, training=True, shuffle_buffer=8, seed=0), 100)]
+    again = [
+        s["key"] for s in itertools.islice(make_pipeline(shards, 32, training=True, shuffle_buffer=8, seed=0), 100)
+    ]
     assert again == keys  # reproducible given the seed
 
 
@@ -312,8 +332,17 @@ def test_pickle_members_are_never_unpickled(tmp_path):
     payload = pickle.dumps(Evil(marker))
     shard = write_tar(
         tmp_path / "evil.tar",
-        [{"__key__": "000000000", "png": png_bytes(), "txt": b"a red square", "pyd": payload,
-          "pickle": payload, "pth": payload, "extra.pkl": payload}],
+        [
+            {
+                "__key__": "000000000",
+                "png": png_bytes(),
+                "txt": b"a red square",
+                "pyd": payload,
+                "pickle": payload,
+                "pth": payload,
+                "extra.pkl": payload,
+            }
+        ],
     )
     (sample,) = list(make_pipeline([shard], 32, training=False))
     assert not marker.exists()
@@ -350,7 +379,9 @@ def test_truncated_shard_is_counted_not_raised(tmp_path, shards):
     assert 8 <= len(out) < 24 and pipe.skipped.total >= 1
 
 
-@pytest.mark.parametrize("members", [{"png": b"broken", "txt": b"bad image"}, {"image": png_bytes(), "caption": b"odd names"}])
+@pytest.mark.parametrize(
+    "members", [{"png": b"broken", "txt": b"bad image"}, {"image": png_bytes(), "caption": b"odd names"}]
+)
 def test_infinite_pipeline_over_unusable_shards_raises(tmp_path, members):
     shard = write_tar(tmp_path / "useless.tar", [{"__key__": f"{i:03d}", **members} for i in range(3)])
     with pytest.raises(RuntimeError, match="useless.tar"):
@@ -364,7 +395,10 @@ def test_missing_shard_raises_file_not_found(tmp_path, shards):
     with pytest.raises(FileNotFoundError, match=r"nope-000000.tar \(and 3 more of 4 shards missing\)"):
         make_pipeline(str(tmp_path / "nope-{000000..000003}.tar"), 32)
     assert expand_urls(["pipe:cat /x.tar", "https://host/a-{0..1}.tar"]) == [
-        "pipe:cat /x.tar", "https://host/a-0.tar", "https://host/a-1.tar"]
+        "pipe:cat /x.tar",
+        "https://host/a-0.tar",
+        "https://host/a-1.tar",
+    ]
     with pytest.raises(ValueError, match="no shard URLs"):
         make_pipeline([], 32)
 
@@ -380,8 +414,10 @@ def test_two_workers(shards, n_shards):
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_three_workers_two_shards_training_and_shared_counter(tmp_path, shards):
-    bad = write_tar(tmp_path / "bad.tar", [{"__key__": "x", "png": b"nope", "txt": b"broken"},
-                                           {"__key__": "y", "png": png_bytes(), "txt": b"fine"}])
+    bad = write_tar(
+        tmp_path / "bad.tar",
+        [{"__key__": "x", "png": b"nope", "txt": b"broken"}, {"__key__": "y", "png": png_bytes(), "txt": b"fine"}],
+    )
     pipe = make_pipeline([shards[2], bad], 32, training=False)
     loader = torch.utils.data.DataLoader(pipe, batch_size=3, num_workers=3, collate_fn=collate_samples)
     assert sum(len(b["key"]) for b in loader) == 9  # the third worker has no shard: yields nothing
@@ -456,9 +492,17 @@ def test_hydra_instantiate_and_lightning_max_steps(tmp_path):
 
     cfg = {
         "_target_": "imagen.data.datamodule.ShapesDataModule",
-        "world": {"_target_": "imagen.data.shapes.ShapesWorld", "resolution": 16, "shapes": ["circle", "square"],
-                  "holdout_pairs": ["red circle"]},
-        "root": str(tmp_path), "n_train": 32, "n_val": 0, "samples_per_shard": 16, "batch_size": 4,
+        "world": {
+            "_target_": "imagen.data.shapes.ShapesWorld",
+            "resolution": 16,
+            "shapes": ["circle", "square"],
+            "holdout_pairs": ["red circle"],
+        },
+        "root": str(tmp_path),
+        "n_train": 32,
+        "n_val": 0,
+        "samples_per_shard": 16,
+        "batch_size": 4,
     }
     dm = instantiate(cfg)
     assert isinstance(dm.world, ShapesWorld) and dm.world.holdout_pairs == ["red circle"]
@@ -474,8 +518,14 @@ def test_hydra_instantiate_and_lightning_max_steps(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    trainer = pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_steps=12,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(Tiny(), dm)  # 12 steps > 32 / 4 samples: the infinite loader keeps going
     assert trainer.global_step == 12
 

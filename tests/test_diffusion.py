@@ -49,8 +49,14 @@ def test_linear_matches_ddpm_betas():
 @pytest.mark.parametrize("param", PARAMS, ids=lambda p: type(p).__name__)
 def test_parameterization_recovers_x0_and_eps(param):
     g = torch.Generator().manual_seed(0)
-    x, eps = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64), torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
-    alpha, sigma = (a.view(4, 1, 1, 1) for a in CosineSchedule().alpha_sigma(torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=torch.float64)))
+    x, eps = (
+        torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
+    )
+    alpha, sigma = (
+        a.view(4, 1, 1, 1)
+        for a in CosineSchedule().alpha_sigma(torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=torch.float64))
+    )
     z = alpha * x + sigma * eps
     x_hat, eps_hat = param.to_x0_eps(param.target(x, eps, alpha, sigma), z, alpha, sigma)
     torch.testing.assert_close(x_hat, x)
@@ -113,7 +119,11 @@ def test_dynamic_uses_per_sample_percentile():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 16, 16, generator=g) * torch.tensor([0.2, 1.0, 3.0, 10.0]).view(4, 1, 1, 1)
     # An independent percentile (numpy's linear interpolation), not the code's torch.quantile.
-    s = torch.from_numpy(np.percentile(x.reshape(4, -1).abs().numpy(), 99.5, axis=1).clip(min=1)).float().view(4, 1, 1, 1)
+    s = (
+        torch.from_numpy(np.percentile(x.reshape(4, -1).abs().numpy(), 99.5, axis=1).clip(min=1))
+        .float()
+        .view(4, 1, 1, 1)
+    )
     out = DynamicThresholding(99.5)(x)
     torch.testing.assert_close(out, x.clamp(-s, s) / s)
     assert out.abs().max() <= 1.0 + 1e-6
@@ -134,15 +144,26 @@ class PointMassNet(torch.nn.Module):
         return (z - alpha * self.c) / sigma
 
 
-@pytest.mark.parametrize("sampler", [AncestralSampler(steps=20, gamma=0.0), AncestralSampler(steps=20, gamma=0.5), DDIMSampler(steps=10)],
-                         ids=["ancestral", "ancestral_gamma", "ddim"])
-@pytest.mark.parametrize("thresholding", [NoThresholding(), StaticThresholding(), DynamicThresholding()],
-                         ids=["none", "static", "dynamic"])
+@pytest.mark.parametrize(
+    "sampler",
+    [AncestralSampler(steps=20, gamma=0.0), AncestralSampler(steps=20, gamma=0.5), DDIMSampler(steps=10)],
+    ids=["ancestral", "ancestral_gamma", "ddim"],
+)
+@pytest.mark.parametrize(
+    "thresholding", [NoThresholding(), StaticThresholding(), DynamicThresholding()], ids=["none", "static", "dynamic"]
+)
 def test_samplers_recover_a_point_mass(sampler, thresholding):
     schedule = CosineSchedule()
     c = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
-    den = GuidedDenoiser(PointMassNet(c, schedule), schedule, EpsPrediction(), torch.zeros(2, 1, 4),
-                         torch.ones(2, 1, dtype=torch.bool), 3.0, thresholding)
+    den = GuidedDenoiser(
+        PointMassNet(c, schedule),
+        schedule,
+        EpsPrediction(),
+        torch.zeros(2, 1, 4),
+        torch.ones(2, 1, dtype=torch.bool),
+        3.0,
+        thresholding,
+    )
     z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = sampler(den, schedule, z, torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, c.expand(2, -1, -1, -1), atol=1e-4, rtol=0)
@@ -152,7 +173,10 @@ def test_ancestral_sampling_is_deterministic_given_the_seed():
     schedule = CosineSchedule()
     net = lambda z, t, e, m: torch.sin(z) * 0.5  # noqa: E731
     den = GuidedDenoiser(net, schedule, EpsPrediction(), torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), 2.0)
-    runs = [AncestralSampler(steps=10)(den, schedule, torch.zeros(2, 3, 4, 4), torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    runs = [
+        AncestralSampler(steps=10)(den, schedule, torch.zeros(2, 3, 4, 4), torch.Generator().manual_seed(s))
+        for s in (0, 0, 1)
+    ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 

@@ -207,8 +207,15 @@ class AffineNet(torch.nn.Module):
         self.c, self.scale, self.calls = c, scale, []
 
     def forward(self, z, t, emb, mask, **kwargs):
-        self.calls.append({"z": z.clone(), "t": t.clone(), "emb": emb.clone(), "mask": mask.clone(),
-                           **{k: v.clone() for k, v in kwargs.items()}})
+        self.calls.append(
+            {
+                "z": z.clone(),
+                "t": t.clone(),
+                "emb": emb.clone(),
+                "mask": mask.clone(),
+                **{k: v.clone() for k, v in kwargs.items()},
+            }
+        )
         return self.scale * (0.3 * z + self.c) + emb.sum(dim=(1, 2)).to(z.dtype).view(-1, 1, 1, 1)
 
 
@@ -298,8 +305,15 @@ def test_ddim_steps_with_the_clipped_x0_and_its_eps():
     schedule, lam = SCHEDULES[0]
     z1, c = _z1_and_c()
     net = AffineNet(3.0 * c)
-    den = GuidedDenoiser(net, schedule, EpsPrediction(), torch.zeros(3, 1, 2), torch.ones(3, 1, dtype=torch.bool),
-                         1.0, StaticThresholding())
+    den = GuidedDenoiser(
+        net,
+        schedule,
+        EpsPrediction(),
+        torch.zeros(3, 1, 2),
+        torch.ones(3, 1, dtype=torch.bool),
+        1.0,
+        StaticThresholding(),
+    )
     DDIMSampler(steps=4)(den, schedule, z1)
     clipped_somewhere = False
     for prev, nxt in zip(net.calls, net.calls[1:]):
@@ -330,9 +344,15 @@ class OffByDelta:
         return self.x_hat
 
 
-@pytest.mark.parametrize("param,weight", [(EpsPrediction(), lambda lam: math.exp(lam)),
-                                          (VPrediction(), lambda lam: math.exp(lam) + 1.0),
-                                          (X0Prediction(), lambda lam: 1.0)], ids=["eps_snr", "v_snr_plus_1", "x_one"])
+@pytest.mark.parametrize(
+    "param,weight",
+    [
+        (EpsPrediction(), lambda lam: math.exp(lam)),
+        (VPrediction(), lambda lam: math.exp(lam) + 1.0),
+        (X0Prediction(), lambda lam: 1.0),
+    ],
+    ids=["eps_snr", "v_snr_plus_1", "x_one"],
+)
 def test_loss_weights_the_x_error_by_snr_snr_plus_1_or_1(param, weight):
     """App. A: with x_hat = x + delta, the loss in the parameterisation's own space is w(lambda) mean(delta^2),
     w = SNR = e^lambda for eps, SNR + 1 for v, 1 for x."""
@@ -458,7 +478,9 @@ def test_training_noise_is_added_at_low_resolution_before_upsampling():
     assert 0.8 < eps_low.std().item() < 1.2 and abs(eps_low.mean().item()) < 0.2
 
 
-@pytest.mark.parametrize("sampler", [DDIMSampler(steps=3), AncestralSampler(steps=3, gamma=0.3)], ids=["ddim", "ancestral"])
+@pytest.mark.parametrize(
+    "sampler", [DDIMSampler(steps=3), AncestralSampler(steps=3, gamma=0.3)], ids=["ddim", "ancestral"]
+)
 def test_guidance_keeps_the_augmented_low_res_image_and_level_in_the_unconditional_pass(sampler):
     """§2.2 + §2.4: with w != 1, the unconditional pass sees the same noise-augmented low-res image and aug_level as
     the conditional one (only the text is dropped), at every step, and they are the ones drawn once per sample."""

@@ -6,13 +6,15 @@ import functools
 
 import pytest
 import torch
+from test_unet import CONDS, TEXT_DIM, inputs, pad
 
 from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 from imagen.models.efficient_unet import SKIP_SCALE, EfficientUNet
 from imagen.models.resblock import Downsample, ResBlock, Upsample
-from test_unet import CONDS, TEXT_DIM, inputs, pad
 
-SMALL = dict(image_size=8, channels=16, channel_mult=[1, 2, 2], num_res_blocks=[1, 2, 3], attn_resolutions=[], head_dim=8)
+SMALL = dict(
+    image_size=8, channels=16, channel_mult=[1, 2, 2], num_res_blocks=[1, 2, 3], attn_resolutions=[], head_dim=8
+)
 
 
 def make(cond: str = "cross_attn", **overrides) -> EfficientUNet:
@@ -68,7 +70,7 @@ def test_skip_connections_are_scaled_by_one_over_sqrt2():
     h0 = model.input_conv(x)
     cond = model.text_cond(emb, mask)
     first_skip = model.down[0](h0, model.time_embed(t) + cond.pooled, cond)  # the level-0 block's output
-    torch.testing.assert_close(seen[0][:, -first_skip.shape[1]:], first_skip * SKIP_SCALE)
+    torch.testing.assert_close(seen[0][:, -first_skip.shape[1] :], first_skip * SKIP_SCALE)
 
 
 def test_bad_configs_name_the_problem():
@@ -84,8 +86,11 @@ def test_residual_blocks_run_at_the_lower_resolution():
     """Reversed order (App. B.1): a down block's residual blocks see the downsampled feature map."""
     model = make(image_size=16)
     sizes = []
-    hooks = [b.register_forward_hook(lambda m, a, out: sizes.append(out.shape[-1]))
-             for b in model.down[1].layers if isinstance(b, ResBlock)]
+    hooks = [
+        b.register_forward_hook(lambda m, a, out: sizes.append(out.shape[-1]))
+        for b in model.down[1].layers
+        if isinstance(b, ResBlock)
+    ]
     x, t, emb, mask = inputs()
     model(torch.nn.functional.interpolate(x, size=16), t, emb, mask)
     for h in hooks:

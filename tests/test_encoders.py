@@ -36,7 +36,11 @@ from conftest import ROOT, compose_cfg
 CONF = Path(CONF_DIR)
 
 # The families of the encoder axis, by the transformers class a YAML loads.
-FAMILY_OF_CLASS = {"transformers.BertModel": "bert", "transformers.T5EncoderModel": "t5", "transformers.CLIPTextModel": "clip"}
+FAMILY_OF_CLASS = {
+    "transformers.BertModel": "bert",
+    "transformers.T5EncoderModel": "t5",
+    "transformers.CLIPTextModel": "clip",
+}
 # The tiny models' widths: all different, and T5's d_model (40) differs from its heads * d_kv (32).
 WIDTH = {"bert": 24, "t5": 40, "clip": 48}
 
@@ -63,7 +67,9 @@ def family_options() -> dict[str, str]:
 OPTIONS = family_options()
 FAMILIES = sorted(WIDTH)
 FIRST = {f: next(o for o, fam in OPTIONS.items() if fam == f) for f in FAMILIES}  # one option per family
-HUB_OPTIONS = sorted(o for o in (p.stem for p in (CONF / "encoder").glob("*.yaml")) if _encoder_yaml(o).get("path") is None)
+HUB_OPTIONS = sorted(
+    o for o in (p.stem for p in (CONF / "encoder").glob("*.yaml")) if _encoder_yaml(o).get("path") is None
+)
 CONDS = sorted(p.stem for p in (CONF / "cond").glob("*.yaml"))
 ALL_ENCODERS = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml"))
 TINY_UNET = ["image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]"]
@@ -84,8 +90,10 @@ def one_torch_thread():
 
 
 # ------------------------------------------------------------------ tiny offline models of each family
-WORDS = ("a an the one two three four red green blue yellow purple orange black white circle circles square squares "
-         "triangle triangles star left right of above below next to and with big small").split()
+WORDS = (
+    "a an the one two three four red green blue yellow purple orange black white circle circles square squares "
+    "triangle triangles star left right of above below next to and with big small"
+).split()
 
 
 def _corpus(n: int = 300) -> list[str]:
@@ -98,10 +106,13 @@ def _t5_tokenizer():
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.train_from_iterator(_corpus(), trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"],
-                                                               unk_token="<unk>"))
+    tok.train_from_iterator(
+        _corpus(), trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    )
     vocab = [(piece, score) for piece, score in _model_json(tok)["vocab"]]
-    return transformers.T5TokenizerFast(vocab=vocab, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+    return transformers.T5TokenizerFast(
+        vocab=vocab, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
 
 
 def _bert_tokenizer():
@@ -109,8 +120,10 @@ def _bert_tokenizer():
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(
-        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.train_from_iterator(
+        _corpus(),
+        trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    )
     return transformers.BertTokenizerFast(vocab=tok.get_vocab(), do_lower_case=True)
 
 
@@ -119,9 +132,15 @@ def _clip_tokenizer():
     tok = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>",
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|startoftext|>", "<|endoftext|>"],
+            end_of_word_suffix="</w>",
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     merges = [tuple(m.split(" ") if isinstance(m, str) else m) for m in _model_json(tok)["merges"]]
     return transformers.CLIPTokenizerFast(vocab=tok.get_vocab(), merges=merges)
 
@@ -134,23 +153,51 @@ def _tiny_model(family: str, tokenizer):
     torch.manual_seed(0)
     n = len(tokenizer)
     if family == "bert":
-        cfg = transformers.BertConfig(vocab_size=n, hidden_size=WIDTH["bert"], num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=48, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+        cfg = transformers.BertConfig(
+            vocab_size=n,
+            hidden_size=WIDTH["bert"],
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         return transformers.BertModel(cfg, add_pooling_layer=False)
     if family == "t5":
         return transformers.T5EncoderModel(_t5_config(tokenizer))
-    cfg = transformers.CLIPTextConfig(vocab_size=n, hidden_size=WIDTH["clip"], intermediate_size=96, num_hidden_layers=3,
-                                      num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = transformers.CLIPTextConfig(
+        vocab_size=n,
+        hidden_size=WIDTH["clip"],
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return transformers.CLIPTextModel(cfg)
 
 
 def _t5_config(tokenizer, **kwargs):
     """T5 v1.1 style: gated-GELU, untied embeddings, relative positions."""
-    return transformers.T5Config(vocab_size=len(tokenizer), d_model=WIDTH["t5"], d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                                 num_decoder_layers=1, relative_attention_num_buckets=8, relative_attention_max_distance=32,
-                                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-                                 decoder_start_token_id=0, **kwargs)
+    return transformers.T5Config(
+        vocab_size=len(tokenizer),
+        d_model=WIDTH["t5"],
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        **kwargs,
+    )
 
 
 TOKENIZERS = {"bert": _bert_tokenizer, "t5": _t5_tokenizer, "clip": _clip_tokenizer}
@@ -178,7 +225,9 @@ def encoders(tiny_dirs) -> dict[str, FrozenTextEncoder]:
 def reference(family: str, folder: Path, captions: list[str], max_length: int):
     """The tokenizer and model of a folder loaded directly (not through the repo): tokens and all hidden states."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    cls = {"bert": transformers.BertModel, "t5": transformers.T5EncoderModel, "clip": transformers.CLIPTextModel}[family]
+    cls = {"bert": transformers.BertModel, "t5": transformers.T5EncoderModel, "clip": transformers.CLIPTextModel}[
+        family
+    ]
     model = cls.from_pretrained(folder).eval()
     tok = tokenizer(captions, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     with torch.no_grad():
@@ -189,8 +238,15 @@ def reference(family: str, folder: Path, captions: list[str], max_length: int):
 # ------------------------------------------------------------------ the configs themselves
 def test_the_axis_has_every_family_and_option():
     assert OPTIONS == {
-        "bert_base": "bert", "bert_large": "bert", "clip_l14": "clip",
-        "t5_small": "t5", "t5_base": "t5", "t5_large": "t5", "t5_xl": "t5", "t5_xxl": "t5"}
+        "bert_base": "bert",
+        "bert_large": "bert",
+        "clip_l14": "clip",
+        "t5_small": "t5",
+        "t5_base": "t5",
+        "t5_large": "t5",
+        "t5_xl": "t5",
+        "t5_xxl": "t5",
+    }
     names = {o: _encoder_yaml(o)["name"] for o in OPTIONS}
     assert names["t5_xxl"] == "google/t5-v1_1-xxl" and names["clip_l14"] == "openai/clip-vit-large-patch14"
     assert all(names[o] == f"google/t5-v1_1-{o[3:]}" for o in OPTIONS if o.startswith("t5_"))
@@ -283,7 +339,9 @@ def test_t5_is_encoder_only(encoders, tiny_dirs, tmp_path):
     emb, mask = enc(CAPTIONS)
     with torch.no_grad():
         tok = tokenizer(CAPTIONS, padding="longest", return_tensors="pt")
-        expected = full.get_encoder()(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        expected = full.get_encoder()(
+            input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+        ).last_hidden_state
     torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -348,12 +406,31 @@ def _keys(obj, prefix: str = "") -> list[str]:
 def test_t5_run_checkpoint_has_no_encoder_and_names_it(tiny_dirs, tmp_path, monkeypatch):
     """`python train.py encoder=t5_small encoder.path=...`, run in this process (runpy: Hydra's own entry point)."""
     run_dir = tmp_path / "run"
-    overrides = encoder_overrides("t5_small", tiny_dirs["t5"]) + TINY_UNET + [
-        "cond=cross_attn", f"data.root={tmp_path}/data", "data.n_train=16", "data.samples_per_shard=16",
-        "data.gen_procs=1", "data.world.n_eval=1", "data.batch_size=4", "data.num_workers=0", "logger=csv",
-        "data.eval_repeats=1", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "callbacks.model_checkpoint.every_n_train_steps=2", "sampler.steps=2", "callbacks.ema.start_step=1",
-        f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    overrides = (
+        encoder_overrides("t5_small", tiny_dirs["t5"])
+        + TINY_UNET
+        + [
+            "cond=cross_attn",
+            f"data.root={tmp_path}/data",
+            "data.n_train=16",
+            "data.samples_per_shard=16",
+            "data.gen_procs=1",
+            "data.world.n_eval=1",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "logger=csv",
+            "data.eval_repeats=1",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.log_every_n_steps=1",
+            "callbacks.model_checkpoint.every_n_train_steps=2",
+            "sampler.steps=2",
+            "callbacks.ema.start_step=1",
+            f"hydra.run.dir={run_dir}",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+    )
     monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py")] + overrides)
     try:
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
@@ -366,10 +443,15 @@ def test_t5_run_checkpoint_has_no_encoder_and_names_it(tiny_dirs, tmp_path, monk
     assert state["global_step"] == 2
     keys = _keys(state)
     assert any(k.startswith("state_dict.unet.") for k in keys)
-    leaked = [k for k in keys if any(s in k for s in ("text_encoder", "model.encoder", "encoder.block", "shared.weight"))]
+    leaked = [
+        k for k in keys if any(s in k for s in ("text_encoder", "model.encoder", "encoder.block", "shared.weight"))
+    ]
     assert not leaked, leaked[:5]
     saved = state["imagen_model_config"]  # the weights' config names the encoder (but not the local folder)
-    assert saved["encoder.name"] == "google/t5-v1_1-small" and saved["encoder.model_class"] == "transformers.T5EncoderModel"
+    assert (
+        saved["encoder.name"] == "google/t5-v1_1-small"
+        and saved["encoder.model_class"] == "transformers.T5EncoderModel"
+    )
     assert "encoder.path" not in saved
 
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())  # what the loggers got: tags' choices + config
@@ -429,10 +511,18 @@ def test_every_encoder_and_cond_composes():
             assert flat["encoder.name"] == node["name"] and "encoder.path" not in flat
 
 
+@pytest.mark.slow
 def test_cfg_job_of_a_paper_encoder():
-    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "encoder=t5_xxl", "cond=attn_pool", "--cfg", "job"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "encoder=t5_xxl", "cond=attn_pool", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
-    assert cfg["encoder"]["name"] == "google/t5-v1_1-xxl" and cfg["encoder"]["model_class"] == "transformers.T5EncoderModel"
+    assert (
+        cfg["encoder"]["name"] == "google/t5-v1_1-xxl"
+        and cfg["encoder"]["model_class"] == "transformers.T5EncoderModel"
+    )
     assert cfg["cond"]["_target_"].endswith("AttentionPoolConditioning")

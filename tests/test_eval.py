@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers
 from PIL import Image
+from test_encoders import _clip_tokenizer
 
 from imagen.checkpoint import flatten, load_model
 from imagen.eval.drawbench import DrawBenchEval, load_drawbench
@@ -23,7 +24,7 @@ from imagen.eval.metrics import FidKid, clip_score, clip_score_metric, saturatio
 from imagen.eval.pareto import read_metrics
 from imagen.eval.shapes_eval import ShapesEval
 from imagen.run import run
-from test_encoders import _clip_tokenizer
+
 from conftest import ROOT, compose_cfg, tiny_overrides
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -72,9 +73,9 @@ def test_checkpoint_errors_name_the_problem(tmp_path, ckpt):
 
 def test_sampling_is_deterministic_given_the_seed(ckpt):
     module, _, _ = load_model(ckpt, device="cpu")
+    from imagen.cascade.cascade import Cascade, StageSettings, generate_cascade
     from imagen.diffusion.samplers import AncestralSampler, DDIMSampler
     from imagen.diffusion.thresholding import DynamicThresholding
-    from imagen.cascade.cascade import Cascade, StageSettings, generate_cascade
 
     caps = ["a red circle", "two blue squares", "a green triangle"]
     for sampler in (AncestralSampler(steps=3), DDIMSampler(steps=3)):
@@ -86,10 +87,22 @@ def test_sampling_is_deterministic_given_the_seed(ckpt):
 # ---------------------------------------------------------------------------------------- sample.py
 
 
+@pytest.mark.slow
 def test_sample_script_writes_grid_and_images_with_metadata(ckpt, tmp_path):
     out = tmp_path / "s"
-    cmd = [sys.executable, str(ROOT / "scripts" / "sample.py"), f"ckpt={ckpt}", "prompt=[two red circles,a blue square]",
-           "guidance=5", "thresholding=dynamic", "sampler=ddim", "sampler.steps=2", "seed=3", "n=2", f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "sample.py"),
+        f"ckpt={ckpt}",
+        "prompt=[two red circles,a blue square]",
+        "guidance=5",
+        "thresholding=dynamic",
+        "sampler=ddim",
+        "sampler.steps=2",
+        "seed=3",
+        "n=2",
+        f"hydra.run.dir={out}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     images = sorted((out / "images").glob("*.png"))
@@ -105,11 +118,15 @@ def test_sample_script_writes_grid_and_images_with_metadata(ckpt, tmp_path):
     assert all((Image.open(a).tobytes() == Image.open(b).tobytes()) for a, b in zip(images, again))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["prompt=null"], "no prompt"),
-    (["prompt=x", "n=0"], "n must be >= 1"),
-    (["prompt=x", "thresholding=nope"], "dynamic"),  # an unknown option lists the valid ones
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prompt=null"], "no prompt"),
+        (["prompt=x", "n=0"], "n must be >= 1"),
+        (["prompt=x", "thresholding=nope"], "dynamic"),  # an unknown option lists the valid ones
+    ],
+)
 def test_sample_script_bad_input_is_one_line(ckpt, args, message):
     cmd = [sys.executable, str(ROOT / "scripts" / "sample.py"), f"ckpt={ckpt}", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -168,6 +185,7 @@ def test_inception_without_torch_fidelity_says_what_to_do():
     pytest.importorskip("torch")
     try:
         import torch_fidelity  # noqa: F401
+
         pytest.skip("torch-fidelity is installed here")
     except ImportError:
         pass
@@ -180,12 +198,27 @@ def tiny_clip(tmp_path_factory) -> Path:
     """A tiny random CLIPModel + processor saved like a hub folder."""
     tok = _clip_tokenizer()
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     folder = tmp_path_factory.mktemp("tiny_clip")
     transformers.CLIPModel(config).save_pretrained(folder)
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -206,8 +239,10 @@ def test_clip_score_through_torchmetrics_with_a_local_model(tiny_clip):
 
 
 def _drawbench_csv(path: Path) -> Path:
-    path.write_text("Prompt,Category,Note\n\"A red colored car.\",Colors,x\nThree cats.,Counting,\n"
-                    "\"A blue cube, left of a ball.\",Positional,\nOne dog.,Counting,\n")
+    path.write_text(
+        'Prompt,Category,Note\n"A red colored car.",Colors,x\nThree cats.,Counting,\n'
+        '"A blue cube, left of a ball.",Positional,\nOne dog.,Counting,\n'
+    )
     return path
 
 
@@ -229,8 +264,18 @@ def test_drawbench_loader(tmp_path):
 
 
 def test_evaluate_writes_metrics_pareto_and_grids(ckpt, tmp_path):
-    cfg = eval_cfg([f"ckpt={ckpt}", "guidance=[1,4]", "sampler.steps=2", "eval.n_per_category=3",
-                    "eval.n_reference_per_category=6", "logger=csv", "grid_per_category=2", "kid_subset_size=10"])
+    cfg = eval_cfg(
+        [
+            f"ckpt={ckpt}",
+            "guidance=[1,4]",
+            "sampler.steps=2",
+            "eval.n_per_category=3",
+            "eval.n_reference_per_category=6",
+            "logger=csv",
+            "grid_per_category=2",
+            "kid_subset_size=10",
+        ]
+    )
     out = tmp_path / "ev"
     metrics = evaluate_script.evaluate(cfg, out)
     saved = read_metrics(out)
@@ -240,20 +285,35 @@ def test_evaluate_writes_metrics_pareto_and_grids(ckpt, tmp_path):
     assert [r["guidance"] for r in saved["results"]] == [1.0, 4.0]
     for r in saved["results"]:
         assert r["n_samples"] == 12 and r["fid"] >= 0 and 0 <= r["judge/accuracy"] <= 1
-        assert {"judge/counting", "judge/colors", "judge/positional", "judge/descriptions", "saturated", "kid"} <= set(r)
+        assert {"judge/counting", "judge/colors", "judge/positional", "judge/descriptions", "saturated", "kid"} <= set(
+            r
+        )
     assert (out / "pareto.png").is_file() and (out / "categories.png").is_file()
     assert sorted(p.name for p in (out / "grids").glob("*.png")) == ["w1.png", "w4.png"]
     assert (out / "metrics.csv").is_file()
 
     # Several runs in one plot, plus the markdown table.
-    plot_pareto.main([str(out), str(out / "metrics.json"), "--out", str(tmp_path / "p.png"), "--label", "thresholding", "seed"])
+    plot_pareto.main(
+        [str(out), str(out / "metrics.json"), "--out", str(tmp_path / "p.png"), "--label", "thresholding", "seed"]
+    )
     assert (tmp_path / "p.png").is_file() and (tmp_path / "p_categories.png").is_file()
 
 
 def test_evaluate_drawbench_grids_without_reference(ckpt, tmp_path, tiny_clip):
     csv = _drawbench_csv(tmp_path / "db.csv")
-    cfg = eval_cfg([f"ckpt={ckpt}", "eval=drawbench", f"eval.csv={csv}", "eval.per_prompt=2", f"eval.clip={tiny_clip}",
-                    "guidance=[3]", "sampler.steps=2", "logger=none", "grid_per_category=2"])
+    cfg = eval_cfg(
+        [
+            f"ckpt={ckpt}",
+            "eval=drawbench",
+            f"eval.csv={csv}",
+            "eval.per_prompt=2",
+            f"eval.clip={tiny_clip}",
+            "guidance=[3]",
+            "sampler.steps=2",
+            "logger=none",
+            "grid_per_category=2",
+        ]
+    )
     metrics = evaluate_script.evaluate(cfg, tmp_path / "db")
     row = metrics["results"][0]
     assert metrics["n_reference"] == 0 and "fid" not in row and metrics["n_samples"] == 8
@@ -261,11 +321,14 @@ def test_evaluate_drawbench_grids_without_reference(ckpt, tmp_path, tiny_clip):
     assert (tmp_path / "db" / "grids" / "w3.png").is_file()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("guidance=[]", "guidance must be a non-empty list"),
-    ("guidance=[-1]", "guidance must be a non-empty list"),
-    ("eval.n_per_category=0", "n_per_category"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("guidance=[]", "guidance must be a non-empty list"),
+        ("guidance=[-1]", "guidance must be a non-empty list"),
+        ("eval.n_per_category=0", "n_per_category"),
+    ],
+)
 def test_evaluate_bad_values_fail_before_sampling(ckpt, override, message):
     with pytest.raises(ValueError, match=message):
         evaluate_script.evaluate(eval_cfg([f"ckpt={ckpt}", "logger=none", override]), Path("unused"))
@@ -285,20 +348,39 @@ def test_shapes_eval_prompts_are_balanced_and_unseen():
 def test_evaluate_on_webdataset_shards_uses_their_images_as_reference(ckpt, tmp_path):
     shards = sorted(ckpt.parents[2].glob("data/**/*.tar"))
     assert shards, "the tiny run's shapes shards"
-    cfg = eval_cfg([f"ckpt={ckpt}", "eval=webdataset", f"eval.urls={shards[0]}", "eval.n=6", "guidance=[2]",
-                    "sampler.steps=2", "logger=none", "grid_per_category=3", "kid_subset_size=4"])
+    cfg = eval_cfg(
+        [
+            f"ckpt={ckpt}",
+            "eval=webdataset",
+            f"eval.urls={shards[0]}",
+            "eval.n=6",
+            "guidance=[2]",
+            "sampler.steps=2",
+            "logger=none",
+            "grid_per_category=3",
+            "kid_subset_size=4",
+        ]
+    )
     metrics = evaluate_script.evaluate(cfg, tmp_path / "wds")
     assert metrics["n_reference"] == 6 and metrics["n_samples"] == 6 and metrics["suite"] == "shards"
     assert metrics["results"][0]["fid"] >= 0 and "clip_score" not in metrics["results"][0]
     with pytest.raises(FileNotFoundError, match="missing.tar"):
-        evaluate_script.evaluate(eval_cfg([f"ckpt={ckpt}", "eval=webdataset", f"eval.urls={tmp_path}/missing.tar",
-                                           "logger=none"]), tmp_path / "x")
+        evaluate_script.evaluate(
+            eval_cfg([f"ckpt={ckpt}", "eval=webdataset", f"eval.urls={tmp_path}/missing.tar", "logger=none"]),
+            tmp_path / "x",
+        )
 
 
 def test_benchmark_script_times_sampling_and_training(capsys):
     import benchmark
 
-    tiny = ["image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]", "bench.batch_size=2", "bench.repeats=1"]
+    tiny = [
+        "image_size=16",
+        "unet.channel_mult=[1,2]",
+        "unet.attn_resolutions=[8]",
+        "bench.batch_size=2",
+        "bench.repeats=1",
+    ]
     benchmark.main(tiny + ["bench.mode=sample", "sampler=ddim", "sampler.steps=2"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["mode"] == "sample" and out["sampler_steps"] == 2 and out["median_s_per_image"] > 0

@@ -101,9 +101,18 @@ class RawWeights(pl.Callback):
 def _fit(tmp_path, max_steps: int, ema, interval: int = 2, at_end: bool = True) -> tuple[Toy, RawWeights, pl.Trainer]:
     module, samples, raw = Toy(), SampleGrid(str(tmp_path / "samples"), per_row=1, at_end=at_end), RawWeights()
     val = DataLoader([{"caption": ["a prompt"]}], batch_size=None)
-    trainer = pl.Trainer(max_steps=max_steps, val_check_interval=interval, check_val_every_n_epoch=None,
-                         num_sanity_val_steps=0, callbacks=[ema, samples, raw], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        val_check_interval=interval,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[ema, samples, raw],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, DataLoader(torch.arange(100.0), batch_size=1), val)
     return module, raw, trainer
 
@@ -164,7 +173,9 @@ def test_ema_matches_lightning_ema_weight_averaging(tmp_path, start_step):
     """Same average as EMAWeightAveraging(update_starting_at_step=start_step): it starts as a copy of the weights
     at start_step, then decays."""
     ours, _, _ = _fit(tmp_path / "a", 6, EMA(decay=0.7, start_step=start_step), interval=100)
-    theirs, _, _ = _fit(tmp_path / "b", 6, EMAWeightAveraging(decay=0.7, update_starting_at_step=start_step), interval=100)
+    theirs, _, _ = _fit(
+        tmp_path / "b", 6, EMAWeightAveraging(decay=0.7, update_starting_at_step=start_step), interval=100
+    )
     assert ours.w.item() == pytest.approx(theirs.w.item(), rel=1e-6)
     plain, _, _ = _fit(tmp_path / "c", 6, EMA(decay=0.7, start_step=100), interval=100)  # never averaged...
     assert ours.w.item() != pytest.approx(plain.w.item())  # ...so it differs
@@ -225,8 +236,15 @@ def test_webdataset_eval_prompts_never_unpickle(tmp_path):
     shard = tmp_path / "evil.tar"
     png = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(png, format="PNG")
-    members = {"k0.pyd": pickle.dumps(_Boom(marker)), "k0.pickle": pickle.dumps(_Boom(marker)), "k0.png": png.getvalue(),
-               "k0.txt": b"  a red square  ", "k1.txt": b"no image", "k2.png": png.getvalue(), "k2.txt": b"a red square"}
+    members = {
+        "k0.pyd": pickle.dumps(_Boom(marker)),
+        "k0.pickle": pickle.dumps(_Boom(marker)),
+        "k0.png": png.getvalue(),
+        "k0.txt": b"  a red square  ",
+        "k1.txt": b"no image",
+        "k2.png": png.getvalue(),
+        "k2.txt": b"a red square",
+    }
     with tarfile.open(shard, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import imagen
 
 SRC = Path(imagen.__file__).resolve().parent
@@ -35,7 +37,9 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             else:
                 continue
@@ -53,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -82,10 +86,13 @@ def test_nothing_in_the_library_imports_an_entry_point():
     assert importers == {}
 
 
+@pytest.mark.slow
 def test_importing_imagen_run_imports_no_script():
     root = SRC.parents[1]
-    code = ("import json, sys, imagen.run; print(json.dumps(sorted(getattr(m, '__file__', None) or '' "
-            "for m in list(sys.modules.values()))))")
+    code = (
+        "import json, sys, imagen.run; print(json.dumps(sorted(getattr(m, '__file__', None) or '' "
+        "for m in list(sys.modules.values()))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr
     files = [Path(f).resolve() for f in json.loads(out.stdout.splitlines()[-1]) if f]

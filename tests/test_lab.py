@@ -19,6 +19,7 @@ from imagen.config import job_dirname
 from imagen.lab.compare import curve, from_sweep_dirs, from_wandb, markdown_table, write_comparison
 from imagen.lab.final_eval import combinations, plan
 from imagen.lab.job import global_rank, isolated_environment
+
 from conftest import ROOT, compose_cfg, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -26,26 +27,49 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_TH
 
 def cli_tiny(tmp_path: Path, steps: int = 2) -> list[str]:
     """tiny_overrides for the command line of train.py -m (no run_dir: Hydra's sweep folders are the point)."""
-    return [o for o in tiny_overrides(tmp_path, steps=steps) if not o.startswith(("run_dir=", "logger="))] + ["data.gen_procs=1"]
+    return [o for o in tiny_overrides(tmp_path, steps=steps) if not o.startswith(("run_dir=", "logger="))] + [
+        "data.gen_procs=1"
+    ]
 
 
-TINY_EVAL = ["final_eval.enabled=true", "++final_eval.settings.steps=2", "++final_eval.settings.guidance=[1,2]",
-             "++final_eval.settings.batch_size=8", "++final_eval.settings.eval.n_per_category=1",
-             "++final_eval.settings.eval.n_reference_per_category=4", "++final_eval.settings.kid_subset_size=2",
-             "++final_eval.settings.grid_per_category=1"]
+TINY_EVAL = [
+    "final_eval.enabled=true",
+    "++final_eval.settings.steps=2",
+    "++final_eval.settings.guidance=[1,2]",
+    "++final_eval.settings.batch_size=8",
+    "++final_eval.settings.eval.n_per_category=1",
+    "++final_eval.settings.eval.n_reference_per_category=4",
+    "++final_eval.settings.kid_subset_size=2",
+    "++final_eval.settings.grid_per_category=1",
+]
 
 
 def train_multirun(cwd: Path, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ------------------------------------------------------------------------------------- folders and records
 def test_job_dirname_names_jobs_by_what_the_sweep_varies(tmp_path):
-    (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": {
-        "overrides": {"task": ["cond=mean_pool,cross_attn", "trainer.max_steps=5", "data.root=/x/y", "seed=3"]},
-        "sweeper": {"params": {"unet.channels": "16,32"}}}}))
+    (tmp_path / "multirun.yaml").write_text(
+        OmegaConf.to_yaml(
+            {
+                "hydra": {
+                    "overrides": {
+                        "task": ["cond=mean_pool,cross_attn", "trainer.max_steps=5", "data.root=/x/y", "seed=3"]
+                    },
+                    "sweeper": {"params": {"unet.channels": "16,32"}},
+                }
+            }
+        )
+    )
     job = ["cond=mean_pool", "trainer.max_steps=5", "data.root=/x/y", "seed=3", "unet.channels=16", "experiment=e"]
     assert job_dirname(job, str(tmp_path)) == "cond=mean_pool,seed=3,unet.channels=16"  # constants and experiment out
     assert job_dirname(["data.root=/a/b"], None) == "data.root=_a_b"  # no sweep record: every override, paths flattened
@@ -71,13 +95,22 @@ def test_isolated_environment_restores_ddp_variables():
 def ddp_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The issue's test: a 2-job multirun where each job is a 2-process DDP run on CPU (gloo), then its evaluation."""
     cwd = tmp_path_factory.mktemp("ddp_sweep")
-    args = ["seed=0,1", "ablation=lab_test", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-            "logger=wandb", *cli_tiny(cwd, steps=2), *TINY_EVAL]
+    args = [
+        "seed=0,1",
+        "ablation=lab_test",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "logger=wandb",
+        *cli_tiny(cwd, steps=2),
+        *TINY_EVAL,
+    ]
     res = train_multirun(cwd, args)
     assert res.returncode == 0, res.stderr[-3000:]
     return cwd, res
 
 
+@pytest.mark.slow
 def test_multirun_of_ddp_jobs_is_one_clean_sweep(ddp_sweep):
     cwd, _ = ddp_sweep
     assert sorted(p.name for p in cwd.iterdir()) == ["data", "multirun"]  # nothing in outputs/: no relaunched script
@@ -109,10 +142,19 @@ def test_multirun_of_ddp_jobs_is_one_clean_sweep(ddp_sweep):
     assert len(list(cwd.rglob("wandb_runs.jsonl"))) == 4  # 2 jobs x (train + eval), nothing else
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_skips_completed_jobs(ddp_sweep):
     cwd, _ = ddp_sweep
-    args = ["seed=0,1", "ablation=lab_test", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-            "logger=wandb", *cli_tiny(cwd, steps=2), *TINY_EVAL]
+    args = [
+        "seed=0,1",
+        "ablation=lab_test",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "logger=wandb",
+        *cli_tiny(cwd, steps=2),
+        *TINY_EVAL,
+    ]
     res = train_multirun(cwd, args, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("skipping") + res.stdout.count("skipping") == 2
@@ -121,16 +163,24 @@ def test_rerunning_a_sweep_skips_completed_jobs(ddp_sweep):
         assert json.loads((cwd / "multirun" / "lab_test" / job / "job.json").read_text())["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_a_device_count_sweep_does_not_leak_ddp_state(tmp_path):
     """devices=2,1 in one multirun (ENVIRONMENT.md: crashed when the first job's DDP variables reached the second)."""
-    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2,1", "ablation=devices", "logger=csv",
-            *cli_tiny(tmp_path, steps=2)]
+    args = [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2,1",
+        "ablation=devices",
+        "logger=csv",
+        *cli_tiny(tmp_path, steps=2),
+    ]
     res = train_multirun(tmp_path, args)
     assert res.returncode == 0, res.stderr[-2000:]
     for job in ("trainer.devices=2", "trainer.devices=1"):
         assert json.loads((tmp_path / "multirun" / "devices" / job / "job.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A non-finite loss (lr=1e30) fails one job; the other completes; a re-run retries only the failed one."""
     args = ["optim.optimizer.lr=1e30,2e-3", "ablation=fail_test", "logger=csv", *cli_tiny(tmp_path, steps=3)]
@@ -140,7 +190,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     bad = json.loads((sweep / "optim.optimizer.lr=1e+30" / "job.json").read_text())
     good = json.loads((sweep / "optim.optimizer.lr=0.002" / "job.json").read_text())
     assert bad["status"] == "failed" and bad["error"].startswith("FloatingPointError: non-finite training loss")
-    assert good["status"] == "completed" and (sweep / "optim.optimizer.lr=0.002" / "checkpoints" / "last.ckpt").is_file()
+    assert (
+        good["status"] == "completed" and (sweep / "optim.optimizer.lr=0.002" / "checkpoints" / "last.ckpt").is_file()
+    )
     assert "error: job optim.optimizer.lr=1e+30 failed: FloatingPointError" in res.stderr
     again = train_multirun(tmp_path, args)
     assert again.returncode == 0
@@ -156,9 +208,23 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert again["attempts"] == 2 and again["status"] == "completed" and again["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_a_single_run_still_fails_loudly(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "optim.optimizer.lr=1e30", "logger=csv", *cli_tiny(tmp_path, steps=3),
-                          f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "optim.optimizer.lr=1e30",
+            "logger=csv",
+            *cli_tiny(tmp_path, steps=3),
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode != 0 and "FloatingPointError" in res.stderr
     assert json.loads((tmp_path / "run" / "job.json").read_text())["status"] == "failed"
 
@@ -186,21 +252,40 @@ def test_final_eval_errors_come_before_training(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- compare_runs
-def _fake_job(sweep: Path, name: str, overrides: list[str], seed: int, fids: list[float], accs: list[float],
-              status: str = "completed", evals: dict | None = None) -> None:
+def _fake_job(
+    sweep: Path,
+    name: str,
+    overrides: list[str],
+    seed: int,
+    fids: list[float],
+    accs: list[float],
+    status: str = "completed",
+    evals: dict | None = None,
+) -> None:
     d = sweep / name
     d.mkdir(parents=True)
-    (d / "job.json").write_text(json.dumps({"status": status, "seed": seed, "overrides": overrides + [f"seed={seed}"],
-                                            "train_seconds": 10.0 + seed, "eval_seconds": 5.0, "train_loss": 0.1 * (seed + 1),
-                                            "error": None if status == "completed" else "RuntimeError: CUDA out of memory"}))
+    (d / "job.json").write_text(
+        json.dumps(
+            {
+                "status": status,
+                "seed": seed,
+                "overrides": overrides + [f"seed={seed}"],
+                "train_seconds": 10.0 + seed,
+                "eval_seconds": 5.0,
+                "train_loss": 0.1 * (seed + 1),
+                "error": None if status == "completed" else "RuntimeError: CUDA out of memory",
+            }
+        )
+    )
     (d / "metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n0,1,0.5\n")
-    for combo in (evals or {"default": {}}):
+    for combo in evals or {"default": {}}:
         e = d / "eval" / combo
         e.mkdir(parents=True)
         rows = [{"guidance": w, "fid": f, "judge/accuracy": a} for w, f, a in zip([1.0, 3.0], fids, accs)]
         (e / "metrics.json").write_text(json.dumps({"alignment_key": "judge/accuracy", "results": rows}))
 
 
+@pytest.mark.slow
 def test_compare_runs_aggregates_seeds_closed_form(tmp_path):
     sweep = tmp_path / "multirun" / "cond"
     _fake_job(sweep, "cond=a,seed=0", ["cond=a"], 0, [10.0, 8.0], [0.2, 0.4])
@@ -216,12 +301,26 @@ def test_compare_runs_aggregates_seeds_closed_form(tmp_path):
     assert "7.000 [6.000, 8.000]" in table  # best FID over w per seed: 8 and 6
     assert "0.500 [0.400, 0.600]" in table  # best accuracy per seed: 0.4 and 0.6
     assert "| cond=b | 1 (+1 failed: RuntimeError: CUDA out of memory)" in table
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(sweep), "--out", str(tmp_path / "cmp")],
-                         env=ENV, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(sweep), "--out", str(tmp_path / "cmp")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"comparison.md", "pareto.png", "loss.png"}  # no saturation in the fake metrics
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(tmp_path / "nope")],
-                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {
+        "comparison.md",
+        "pareto.png",
+        "loss.png",
+    }  # no saturation in the fake metrics
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(tmp_path / "nope")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "nope" in bad.stderr
 
 
@@ -248,13 +347,29 @@ def test_compare_runs_from_wandb_matches_the_folders():
     for cond in ("a", "b"):
         for seed in (0, 1):
             name = f"cond/cond={cond},seed={seed}"
-            runs.append(_FakeRun(name=name, job_type="train", tags=[f"cond={cond}", "unet=tiny"], state="finished",
-                                 config={"config": {"seed": seed}}, summary={"_runtime": 12.0, "train/loss": 0.5},
-                                 rows=[{"trainer/global_step": 1, "train/loss": 0.9}]))
+            runs.append(
+                _FakeRun(
+                    name=name,
+                    job_type="train",
+                    tags=[f"cond={cond}", "unet=tiny"],
+                    state="finished",
+                    config={"config": {"seed": seed}},
+                    summary={"_runtime": 12.0, "train/loss": 0.5},
+                    rows=[{"trainer/global_step": 1, "train/loss": 0.9}],
+                )
+            )
             fid = 10.0 + seed if cond == "a" else 20.0
-            runs.append(_FakeRun(name=f"{name}/eval/default", job_type="eval", tags=[], state="finished",
-                                 config={"config": {}}, summary={},
-                                 rows=[{"eval/guidance": 1.0, "eval/fid": fid, "eval/judge/accuracy": 0.5}]))
+            runs.append(
+                _FakeRun(
+                    name=f"{name}/eval/default",
+                    job_type="eval",
+                    tags=[],
+                    state="finished",
+                    config={"config": {}},
+                    summary={},
+                    rows=[{"eval/guidance": 1.0, "eval/fid": fid, "eval/judge/accuracy": 0.5}],
+                )
+            )
     api = SimpleNamespace(runs=lambda path, filters: [r for r in runs if filters == {"group": "cond"}])
     records = from_wandb("me/imagen-lab", "cond", api=api)
     assert sorted(r.label for r in records) == ["cond=a", "cond=a", "cond=b", "cond=b"]
@@ -276,16 +391,27 @@ def sweep_params(name: str) -> dict[str, list[str]]:
 def test_every_paper_ablation_has_a_paper_and_a_tiny_experiment():
     paper = {e for e in ABLATIONS if not e.endswith("_tiny")}
     assert paper == {"conditioning", "encoder_scaling", "unet_scaling", "thresholding", "noise_aug", "efficient_unet"}
-    assert {e.removesuffix("_tiny") for e in ABLATIONS if e.endswith("_tiny")} == paper - {"encoder_scaling"} | {"encoder"}
+    assert {e.removesuffix("_tiny") for e in ABLATIONS if e.endswith("_tiny")} == paper - {"encoder_scaling"} | {
+        "encoder"
+    }
     for name in ABLATIONS:
         text = (ROOT / "experiments" / f"{name}.yaml").read_text()
         assert f"experiment={name}" in text and ("Fig." in text or "App." in text), name  # the figure and the command
         assert compose_cfg([f"experiment={name}"]).ablation == name
-    assert sweep_params("encoder_scaling")["encoder"] == ["bert_base", "bert_large", "t5_small", "t5_base", "t5_large",
-                                                          "t5_xl", "t5_xxl", "clip_l14"]
+    assert sweep_params("encoder_scaling")["encoder"] == [
+        "bert_base",
+        "bert_large",
+        "t5_small",
+        "t5_base",
+        "t5_large",
+        "t5_xl",
+        "t5_xxl",
+        "clip_l14",
+    ]
     assert sweep_params("conditioning_tiny") == {"cond": ["mean_pool", "attn_pool", "cross_attn"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [e for e in ABLATIONS if e.endswith("_tiny")])
 def test_every_tiny_experiment_arm_trains_a_step(name, tmp_path):
     grid = sweep_params(name)
@@ -297,7 +423,9 @@ def test_every_tiny_experiment_arm_trains_a_step(name, tmp_path):
             small += ["stage.low_res_size=16"]
         cfg = compose_cfg(small)
         module = build_module(cfg)
-        loss = module.compute_loss({"image": torch.rand(2, 3, 32, 32) * 2 - 1, "caption": ["a red circle", "two blue squares"]})
+        loss = module.compute_loss(
+            {"image": torch.rand(2, 3, 32, 32) * 2 - 1, "caption": ["a red circle", "two blue squares"]}
+        )
         loss.backward()
         assert torch.isfinite(loss), (name, arm)
         if cfg.final_eval.enabled and not cfg.stage.get("low_res_size"):
@@ -320,8 +448,9 @@ def test_every_paper_experiment_arm_composes_and_builds(name):
 
 
 def test_slurm_launcher_lets_slurm_create_the_processes():
-    cfg = compose_cfg(["hydra/launcher=slurm", "trainer=slurm", "trainer.devices=4", "trainer.num_nodes=2"],
-                      return_hydra_config=True)
+    cfg = compose_cfg(
+        ["hydra/launcher=slurm", "trainer=slurm", "trainer.devices=4", "trainer.num_nodes=2"], return_hydra_config=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2  # one task per GPU
@@ -337,7 +466,9 @@ def test_random_weights_minilm_is_the_same_network_untrained():
     """The encoder_tiny control: same architecture and tokenizer, seeded random weights, a distinct cache identity."""
     from imagen.build import build_text_encoder
 
-    pretrained, rand_a, rand_b = (build_text_encoder(compose_cfg([f"encoder={o}"])) for o in ("minilm", "minilm_random", "minilm_random"))
+    pretrained, rand_a, rand_b = (
+        build_text_encoder(compose_cfg([f"encoder={o}"])) for o in ("minilm", "minilm_random", "minilm_random")
+    )
     captions = ["a red circle", "two blue squares left of a green triangle"]
     (e_p, m_p), (e_a, m_a), (e_b, _) = pretrained(captions), rand_a(captions), rand_b(captions)
     assert e_p.shape == e_a.shape and torch.equal(m_p, m_a)  # same tokenizer, same width
@@ -347,6 +478,7 @@ def test_random_weights_minilm_is_the_same_network_untrained():
     assert sum(p.numel() for p in rand_a.model.parameters()) == sum(p.numel() for p in pretrained.model.parameters())
 
 
+@pytest.mark.slow
 def test_submitit_launcher_runs_the_same_jobs(tmp_path):
     """The SLURM path's launcher plugin with its local executor (no cluster here): the job function is pickled by
     submitit and run in its own process; same folders, same records."""

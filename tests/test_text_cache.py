@@ -31,11 +31,26 @@ _spec.loader.exec_module(precompute_script)
 
 def overrides(root: Path, *extra: str) -> list[str]:
     """Tiny shapes world (64 samples in 4 shards, 2 eval prompts), tiny U-Net, 2 steps (as tests/test_train.py)."""
-    return [f"data.root={root}/data", "data.n_train=64", "data.samples_per_shard=16", "data.gen_procs=1",
-            "data.world.n_eval=2", "image_size=16", "unet.channel_mult=[1,2]", "unet.attn_resolutions=[8]",
-            "logger=csv", "data.batch_size=4", "data.eval_repeats=2", "trainer.max_steps=2",
-            "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "sampler.steps=3", "callbacks.ema.start_step=1",
-            f"run_dir={root}/run", *extra]
+    return [
+        f"data.root={root}/data",
+        "data.n_train=64",
+        "data.samples_per_shard=16",
+        "data.gen_procs=1",
+        "data.world.n_eval=2",
+        "image_size=16",
+        "unet.channel_mult=[1,2]",
+        "unet.attn_resolutions=[8]",
+        "logger=csv",
+        "data.batch_size=4",
+        "data.eval_repeats=2",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "sampler.steps=3",
+        "callbacks.ema.start_step=1",
+        f"run_dir={root}/run",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +140,22 @@ def test_missing_prompt_and_key_are_refused(cached):
         list(stage([{"__url__": url, "__key__": "nope", "txt": b"a red circle"}]))
 
 
+@pytest.mark.slow
 def test_changed_shard_is_refused(tmp_path):
     """data=webdataset shards, cached in bfloat16 by the command line; regenerated or modified shards are refused."""
     shards = tmp_path / "shards"
     write_shards(ShapesWorld(resolution=16), shards, n_samples=16, samples_per_shard=8, seed=1)
-    data = ["data=webdataset", f"data.urls='{shards}/shapes-{{000000..000001}}.tar'", "data.eval_prompts=[a red circle]"]
-    out = subprocess.run([sys.executable, str(SCRIPT), *data, "precompute.dtype=bfloat16", f"hydra.run.dir={tmp_path}/hydra"],
-                         capture_output=True, text=True, timeout=300)
+    data = [
+        "data=webdataset",
+        f"data.urls='{shards}/shapes-{{000000..000001}}.tar'",
+        "data.eval_prompts=[a red circle]",
+    ]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), *data, "precompute.dtype=bfloat16", f"hydra.run.dir={tmp_path}/hydra"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     cfg = compose_cfg(data + ["text=cached"])
     assert build_datamodule(cfg).text_cache.storage_dtype == "bfloat16"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,32 +14,48 @@ from imagen.run import run
 
 from conftest import ROOT, compose_cfg, tiny_overrides
 
+
+@pytest.mark.slow
 def test_cfg_job_composes():
-    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--cfg", "job"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "_target_: imagen.text.encoder.FrozenTextEncoder" in out.stdout and "cond:" in out.stdout
 
 
+@pytest.mark.slow
 def test_unknown_option_lists_valid_ones():
-    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "cond=nope", "--cfg", "job"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "cond=nope", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "cross_attn" in out.stderr and "mean_pool" in out.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optim.optimizer.lr=-1", "optim.optimizer.lr must be > 0"),
-    ("p_uncond=1.5", "p_uncond must be in [0, 1]"),
-    ("ckpt_path=/nonexistent/last.ckpt", "/nonexistent/last.ckpt"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.optimizer.lr=-1", "optim.optimizer.lr must be > 0"),
+        ("p_uncond=1.5", "p_uncond must be in [0, 1]"),
+        ("ckpt_path=/nonexistent/last.ckpt", "/nonexistent/last.ckpt"),
+    ],
+)
 def test_bad_values_fail_before_compute(override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message.replace("[", r"\[").replace("]", r"\]")):
         check_config(compose_cfg([override]))
 
 
-@pytest.mark.parametrize("override,message", [
-    ("image_size=30", "not divisible"),
-    ("unet.attn_resolutions=[5]", "never"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("image_size=30", "not divisible"),
+        ("unet.attn_resolutions=[5]", "never"),
+    ],
+)
 def test_bad_unet_values_fail_at_build(override, message):
     cfg = compose_cfg([override])
     with pytest.raises(ValueError, match=message):
@@ -84,17 +99,28 @@ def test_train_on_webdataset_shards(tmp_path):
     paths = write_shards(ShapesWorld(resolution=16), tmp_path / "shards", n_samples=24, samples_per_shard=8, seed=1)
     assert len(paths) == 3
     urls = str(tmp_path / "shards" / "shapes-{000000..000002}.tar")
-    cfg = compose_cfg(["data=webdataset", f"data.urls='{urls}'", "data.eval_prompts=[a red circle]"]
-                      + tiny_overrides(tmp_path, steps=2, shapes=False))
+    cfg = compose_cfg(
+        ["data=webdataset", f"data.urls='{urls}'", "data.eval_prompts=[a red circle]"]
+        + tiny_overrides(tmp_path, steps=2, shapes=False)
+    )
     loss = run(cfg)
     assert loss is not None and math.isfinite(loss)
     assert (tmp_path / "run" / "samples" / "step_000002.png").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     """A real 2-process DDP run (gloo, ddp_spawn): one run directory, one checkpoint, grids from rank 0 only."""
-    cfg = compose_cfg(tiny_overrides(tmp_path, steps=2) + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                                           "trainer.val_check_interval=2", "trainer.max_steps=2"])
+    cfg = compose_cfg(
+        tiny_overrides(tmp_path, steps=2)
+        + [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.val_check_interval=2",
+            "trainer.max_steps=2",
+        ]
+    )
     run(cfg)
     run_dir = tmp_path / "run"
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -32,7 +32,9 @@ TEXT_DIM = 12
 SMALL = dict(image_size=8, channels=16, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8, 4], head_dim=8)
 
 
-def make_unet(cond: str = "cross_attn", dtype: torch.dtype = torch.float64, randomize: bool = True, **overrides) -> UNet:
+def make_unet(
+    cond: str = "cross_attn", dtype: torch.dtype = torch.float64, randomize: bool = True, **overrides
+) -> UNet:
     """A small U-Net; zero-initialised layers are randomised so that every input reaches the output."""
     torch.manual_seed(0)
     kwargs = {**SMALL, "text_dim": TEXT_DIM, "cond": functools.partial(CONDS[cond]), **overrides}
@@ -104,7 +106,9 @@ def test_mask_honoured(cond):
         masked_changed[~mask] = 1e3
         torch.testing.assert_close(model(x, t, masked_changed, mask), ref, rtol=1e-10, atol=1e-10)
         valid_changed = emb.clone()
-        valid_changed[0, 0] += torch.linspace(-1.0, 1.0, TEXT_DIM, dtype=emb.dtype)  # not a constant: LayerNorm removes those
+        valid_changed[0, 0] += torch.linspace(
+            -1.0, 1.0, TEXT_DIM, dtype=emb.dtype
+        )  # not a constant: LayerNorm removes those
         changed = model(x, t, valid_changed, mask)
     assert (changed[0] - ref[0]).abs().max() > 1e-6
     torch.testing.assert_close(changed[1], ref[1], rtol=1e-10, atol=1e-10)
@@ -220,15 +224,25 @@ def test_attention_backend_is_pluggable():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(image_size=36, channel_mult=[1, 2, 3, 4], attn_resolutions=[]),
-         "image_size 36 is not divisible by 8, the total downsampling of channel_mult [1, 2, 3, 4]"),
-        (dict(attn_resolutions=[2]),
-         "attention resolution 2 is never reached by the U-Net; reachable resolutions are [8, 4]"),
+        (
+            dict(image_size=36, channel_mult=[1, 2, 3, 4], attn_resolutions=[]),
+            "image_size 36 is not divisible by 8, the total downsampling of channel_mult [1, 2, 3, 4]",
+        ),
+        (
+            dict(attn_resolutions=[2]),
+            "attention resolution 2 is never reached by the U-Net; reachable resolutions are [8, 4]",
+        ),
         (dict(attn_resolutions=[16, 4]), "attention resolution 16 is never reached"),
         (dict(channels=34, head_dim=2), "channels 34 is not divisible by its 8 GroupNorm groups"),
-        (dict(channels=200, attn_resolutions=[], head_dim=8), "channels 200 is not divisible by its 32 GroupNorm groups"),
+        (
+            dict(channels=200, attn_resolutions=[], head_dim=8),
+            "channels 200 is not divisible by its 32 GroupNorm groups",
+        ),
         (dict(head_dim=12), "head_dim 12 does not divide 16 channels at attention resolution 8"),
-        (dict(attn_resolutions=[], head_dim=24), "head_dim 24 does not divide 32 channels at attention resolution 4 (the middle block)"),
+        (
+            dict(attn_resolutions=[], head_dim=24),
+            "head_dim 24 does not divide 32 channels at attention resolution 4 (the middle block)",
+        ),
         (dict(dropout=1.0), "dropout 1.0 is outside [0, 1)"),
         (dict(dropout=-0.1), "dropout -0.1 is outside [0, 1)"),
     ],
@@ -241,8 +255,11 @@ def test_invalid_config(overrides, message):
 def test_attention_at_reachable_resolutions_only():
     model = make_unet(randomize=False, attn_resolutions=[4])  # only the 4x4 level (+ middle)
     sizes = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1]))
-             for m in model.modules() if isinstance(m, attention.AttentionBlock)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1]))
+        for m in model.modules()
+        if isinstance(m, attention.AttentionBlock)
+    ]
     x, t, emb, mask = inputs()
     model(x, t, emb, mask)
     for h in hooks:
@@ -278,8 +295,13 @@ def test_parameter_counts(name):
 
 # Super-resolution U-Nets (lowres_channels 3): the paper's stated layouts give these counts with our blocks
 # (the names keep the paper's nominal sizes; see the YAML comments). (expected M, output size, text_dim)
-SR_SIZES = {"sr256_600m": (462.6, 256, 4096), "sr1024_400m": (458.4, 256, 4096), "sr256_standard": (426.2, 256, 4096),
-            "sr_tiny": (3.17, 64, 384), "sr_tiny_standard": (3.18, 64, 384)}
+SR_SIZES = {
+    "sr256_600m": (462.6, 256, 4096),
+    "sr1024_400m": (458.4, 256, 4096),
+    "sr256_standard": (426.2, 256, 4096),
+    "sr_tiny": (3.17, 64, 384),
+    "sr_tiny_standard": (3.18, 64, 384),
+}
 MATCHED = {"sr256_standard": "sr256_600m", "sr_tiny_standard": "sr_tiny"}  # standard twin -> efficient model
 
 
@@ -288,7 +310,8 @@ def sr_count(name: str) -> int:
     cond = instantiate(OmegaConf.load(CONF / "cond" / "cross_attn.yaml"))
     with torch.device("meta"):
         model = instantiate(OmegaConf.load(CONF / "unet" / f"{name}.yaml"))(
-            image_size=size, text_dim=text_dim, cond=cond, lowres_channels=3)
+            image_size=size, text_dim=text_dim, cond=cond, lowres_channels=3
+        )
     return sum(p.numel() for p in model.parameters())
 
 

@@ -77,8 +77,10 @@ def check_resume(cfg: DictConfig) -> None:
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if differ:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {current.get(k)!r}" for k in differ)
-        raise ValueError(f"ckpt_path {cfg.ckpt_path} was trained with another model config ({detail}): "
-                         "resume with the same config or start a new run")
+        raise ValueError(
+            f"ckpt_path {cfg.ckpt_path} was trained with another model config ({detail}): "
+            "resume with the same config or start a new run"
+        )
 
 
 def build_stage(cfg: DictConfig):
@@ -122,7 +124,10 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
     if text_encoder is None:
         datamodule = functools.cache(lambda: instantiate(cfg.data))  # only text=cached needs it
         text_encoder = instantiate(cfg.text).sampling_encoder(
-            lambda: build_text_encoder(cfg), lambda: open_text_cache(cfg, datamodule()), lambda: datamodule().eval_prompts())
+            lambda: build_text_encoder(cfg),
+            lambda: open_text_cache(cfg, datamodule()),
+            lambda: datamodule().eval_prompts(),
+        )
     return ImagenModule(
         unet=build_unet(cfg, text_encoder.dim, stage),
         text_encoder=text_encoder,
@@ -147,7 +152,9 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = None, hparams: dict | None = None) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: str | Path, loggers: list | None = None, hparams: dict | None = None
+) -> pl.Trainer:
     """The Lightning Trainer of `cfg.trainer` with the `callbacks` group's callbacks (and the run-config logger),
     writing into `run_dir` (the `${run_dir}` of the callbacks' paths)."""
     run_dir = Path(run_dir)
@@ -156,5 +163,6 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, loggers: list | None = N
         cfg.run_dir = str(run_dir)
     callbacks = [LogRunConfig(hparams or {}, str(run_dir))]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
-                       logger=loggers if loggers else False)
+    return instantiate(
+        cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers if loggers else False
+    )

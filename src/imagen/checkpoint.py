@@ -22,7 +22,7 @@ from imagen.lightning.module import ImagenModule
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as given."""
+    """ "auto" -> cuda when available, else cpu; anything else as given."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -30,7 +30,9 @@ def resolve_device(device: str) -> torch.device:
 
 def flatten(overrides: Any) -> dict[str, Any]:
     """{"encoder": {"path": x}} (the scripts' `model` node) -> {"encoder.path": x}."""
-    node = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else dict(overrides or {})
+    node = (
+        OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else dict(overrides or {})
+    )
     out: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, dict):
@@ -47,13 +49,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist (give ckpt=RUN/checkpoints/last.ckpt)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if "imagen_config" not in ckpt or not ckpt["imagen_config"]:
-        raise ValueError(f"checkpoint {path} has no `imagen_config` (written by train.py): "
-                         "it cannot be rebuilt without its training config; re-save it from a current run")
+        raise ValueError(
+            f"checkpoint {path} has no `imagen_config` (written by train.py): "
+            "it cannot be rebuilt without its training config; re-save it from a current run"
+        )
     return ckpt
 
 
-def load_model(path: str | Path, overrides: dict[str, Any] | None = None, ema: bool = True,
-               device: str = "auto") -> tuple[ImagenModule, DictConfig, dict[str, Any]]:
+def load_model(
+    path: str | Path, overrides: dict[str, Any] | None = None, ema: bool = True, device: str = "auto"
+) -> tuple[ImagenModule, DictConfig, dict[str, Any]]:
     """(module in eval mode on the device, its training config, checkpoint info) from a checkpoint.
 
     `overrides` are dotted keys merged into the saved config before building, for settings that may differ on
@@ -72,11 +77,16 @@ def load_model(path: str | Path, overrides: dict[str, Any] | None = None, ema: b
     current = module.state_dict()
     missing = [k for k in current if k not in state]
     unexpected = [k for k in state if k not in current]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in current.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        raise ValueError(f"checkpoint {path} does not match the model its config builds (were overrides changing "
-                         f"the model?): missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {shapes[:2]}")
+        raise ValueError(
+            f"checkpoint {path} does not match the model its config builds (were overrides changing "
+            f"the model?): missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {shapes[:2]}"
+        )
     module.load_state_dict(state)
     target = resolve_device(device)
     module.to(target).eval()

@@ -23,7 +23,9 @@ def hydra_choices() -> dict[str, str]:
     """The Hydra group choices of this job (encoder=minilm, cond=cross_attn, ...), for tags and names."""
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    return {
+        k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/") and v is not None
+    }
 
 
 def pkg_model_path(package: str) -> str:
@@ -48,8 +50,11 @@ def swept_keys(sweep_dir: str | Path) -> set[str] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     saved = OmegaConf.load(path)
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(saved.hydra.overrides.task))
-            if o.is_sweep_override()}
+    keys = {
+        o.key_or_group
+        for o in OverridesParser.create().parse_overrides(list(saved.hydra.overrides.task))
+        if o.is_sweep_override()
+    }
     return keys | set((saved.hydra.get("sweeper") or {}).get("params") or {})
 
 
@@ -66,8 +71,12 @@ def job_dirname(overrides, sweep_dir: str | None = None, max_len: int = 120) -> 
         items = [overrides] if overrides else []
     else:
         swept = swept_keys(sweep_dir) if sweep_dir else None
-        items = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in EXCLUDED_FROM_DIRNAME
-                       and (swept is None or o.split("=", 1)[0].lstrip("+~") in swept | {"seed"}))
+        items = sorted(
+            o
+            for o in overrides
+            if o.split("=", 1)[0].lstrip("+~") not in EXCLUDED_FROM_DIRNAME
+            and (swept is None or o.split("=", 1)[0].lstrip("+~") in swept | {"seed"})
+        )
     whole = ",".join(items)
     if not whole:
         return "default"

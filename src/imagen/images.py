@@ -20,7 +20,9 @@ def to_uint8(images: Any) -> np.ndarray:
         return np.asarray(images.convert("RGB"), dtype=np.uint8)
     if isinstance(images, torch.Tensor):
         if images.ndim not in (3, 4) or images.shape[-3] != 3:
-            raise ValueError(f"tensor images must be (3, H, W) or (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"tensor images must be (3, H, W) or (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}"
+            )
         x = ((images.detach().to("cpu", torch.float32).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.movedim(-3, -1).numpy()  # (..., H, W, 3)
     arr = np.asarray(images)

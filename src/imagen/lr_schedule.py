@@ -11,8 +11,9 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int = 10_000, total_steps: int = 2_500_000, final_lr_fraction: float = 0.0):
         if warmup_steps < 0 or total_steps < 1:
-            raise ValueError(f"optim.lr_schedule: warmup_steps must be >= 0 and total_steps >= 1, got {warmup_steps}, "
-                             f"{total_steps}")
+            raise ValueError(
+                f"optim.lr_schedule: warmup_steps must be >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}"
+            )
         if not 0.0 <= final_lr_fraction <= 1.0:
             raise ValueError(f"optim.lr_schedule.final_lr_fraction must be in [0, 1], got {final_lr_fraction}")
         self.warmup_steps, self.total_steps, self.final_lr_fraction = warmup_steps, total_steps, final_lr_fraction

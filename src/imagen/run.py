@@ -48,9 +48,15 @@ def run(cfg: DictConfig) -> float | None:
         return previous.get("train_loss")
     choices = hydra_choices()
     fresh = bool(previous and previous.get("status") == "completed")  # skip_completed=false: train and evaluate anew
-    record = JobRecord(run_dir, ablation=cfg.ablation, seed=cfg.seed, choices=choices, dir=str(run_dir),
-                       overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-                       **({"evals": {}, "train_seconds": None} if fresh else {}))
+    record = JobRecord(
+        run_dir,
+        ablation=cfg.ablation,
+        seed=cfg.seed,
+        choices=choices,
+        dir=str(run_dir),
+        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        **({"evals": {}, "train_seconds": None} if fresh else {}),
+    )
     with isolated_environment(run_dir):
         try:
             return _train_and_evaluate(cfg, run_dir, record, choices, resume=not fresh)
@@ -58,16 +64,24 @@ def run(cfg: DictConfig) -> float | None:
             record.fail(err)
             if not is_multirun():
                 raise
-            log.error("job %s failed (%s: %s); recorded in %s, the sweep goes on", run_dir, type(err).__name__, err,
-                      record.path)
+            log.error(
+                "job %s failed (%s: %s); recorded in %s, the sweep goes on",
+                run_dir,
+                type(err).__name__,
+                err,
+                record.path,
+            )
             print(f"error: job {run_dir.name} failed: {type(err).__name__}: {err}", file=sys.stderr)
             return None
 
 
-def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choices: dict[str, str],
-                        resume: bool = True) -> float | None:
+def _train_and_evaluate(
+    cfg: DictConfig, run_dir: Path, record: JobRecord, choices: dict[str, str], resume: bool = True
+) -> float | None:
     last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and is_multirun() and cfg.ckpt_path is None and last.is_file():  # an interrupted, failed or requeued sweep job resumes
+    if (
+        resume and is_multirun() and cfg.ckpt_path is None and last.is_file()
+    ):  # an interrupted, failed or requeued sweep job resumes
         log.info("resuming %s from %s", run_dir, last)
         cfg = cfg.copy()
         cfg.ckpt_path = str(last)
@@ -94,7 +108,11 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choic
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if global_rank() == 0:
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config_resolved.yaml")
-    hparams = {"config": resolved, "choices": choices, "unet_parameters": sum(p.numel() for p in module.unet.parameters())}
+    hparams = {
+        "config": resolved,
+        "choices": choices,
+        "unet_parameters": sum(p.numel() for p in module.unet.parameters()),
+    }
     trainer = build_trainer(cfg, run_dir, loggers, hparams)
     start = time.perf_counter()
     try:
@@ -105,8 +123,11 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, record: JobRecord, choic
     loss = trainer.callback_metrics.get("train/loss")
     loss = None if loss is None else float(loss)
     log.info("trained %d steps in %.1f s; run directory %s", trainer.global_step, train_seconds, run_dir)
-    record.update(global_step=trainer.global_step, train_loss=loss,
-                  train_seconds=round(train_seconds + (record.data.get("train_seconds") or 0.0) * bool(cfg.ckpt_path), 1))
+    record.update(
+        global_step=trainer.global_step,
+        train_loss=loss,
+        train_seconds=round(train_seconds + (record.data.get("train_seconds") or 0.0) * bool(cfg.ckpt_path), 1),
+    )
     if global_rank() != 0:  # SLURM: every task runs this function; rank 0 evaluates and records
         return loss
     if cfg.final_eval.enabled:

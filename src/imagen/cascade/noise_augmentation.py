@@ -21,7 +21,9 @@ class NoiseAugmentation:
     def train(self, lowres: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def sample(self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def can_sample(self, aug_level: float) -> bool:
@@ -39,10 +41,14 @@ class NoAugmentation(NoiseAugmentation):
     def train(self, lowres: Tensor) -> tuple[Tensor, Tensor]:
         return lowres, lowres.new_zeros(lowres.shape[0])
 
-    def sample(self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         if aug_level != 0:
-            raise ValueError(f"aug_level {aug_level} given to a stage trained with noise_aug=none: it only knows "
-                             "aug_level 0 (train with noise_aug=gaussian to sample at other levels)")
+            raise ValueError(
+                f"aug_level {aug_level} given to a stage trained with noise_aug=none: it only knows "
+                "aug_level 0 (train with noise_aug=gaussian to sample at other levels)"
+            )
         return lowres, lowres.new_zeros(lowres.shape[0])
 
 
@@ -69,7 +75,9 @@ class GaussianAugmentation(NoiseAugmentation):
         level = torch.rand(lowres.shape[0], device=lowres.device) * self.max_train_level  # (B,)
         return self._corrupt(lowres, level, torch.randn_like(lowres))
 
-    def sample(self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, lowres: Tensor, aug_level: float, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         if not 0.0 <= aug_level <= 1.0:
             raise ValueError(f"aug_level must be in [0, 1], got {aug_level}")
         level = torch.full((lowres.shape[0],), float(aug_level), device=lowres.device)

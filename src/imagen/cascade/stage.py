@@ -47,7 +47,9 @@ class Stage:
     def observe_training_batch(self, batch: dict[str, Any]) -> None:
         """Called with every training batch before its step (an SR stage keeps the first one for its grid)."""
 
-    def validation_samples(self, sample: Callable[..., Tensor], batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+    def validation_samples(
+        self, sample: Callable[..., Tensor], batch: dict[str, Any], batch_idx: int
+    ) -> dict[str, Any]:
         """The validation grid's images of one held-out batch, drawn with `sample(captions, seed=..., lowres=...)`
         (the module's EMA sampler): {"images": (N, 3, H, W), "captions": N captions[, "per_row": columns]}."""
         images = sample(batch["caption"], seed=batch_idx)
@@ -61,8 +63,9 @@ class Stage:
         """(x0 target (B, 3, s, s), extra network inputs) from a batch of training images (B, 3, H, W)."""
         return images, {}
 
-    def sampling_inputs(self, batch: int, lowres: Tensor | None, aug_level: float,
-                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def sampling_inputs(
+        self, batch: int, lowres: Tensor | None, aug_level: float, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """Extra network inputs for sampling `batch` images, given the stage below's images."""
         if lowres is not None:
             raise ValueError("a base stage samples from text alone: it takes no low-resolution images")
@@ -75,8 +78,10 @@ class Base(Stage):
     def __init__(self, image_size: int, noise_aug: NoiseAugmentation | None = None):
         super().__init__(image_size)
         if noise_aug is not None and not isinstance(noise_aug, NoAugmentation):
-            raise ValueError("noise_aug applies to super-resolution stages only: use noise_aug=none with a base "
-                             "stage, or a super-resolution stage (stage=sr64|sr128|sr256|sr1024)")
+            raise ValueError(
+                "noise_aug applies to super-resolution stages only: use noise_aug=none with a base "
+                "stage, or a super-resolution stage (stage=sr64|sr128|sr256|sr1024)"
+            )
 
 
 class SuperResolution(Stage):
@@ -90,15 +95,24 @@ class SuperResolution(Stage):
         crop_size: train on random crop_size x crop_size crops (None: whole images).
     """
 
-    def __init__(self, image_size: int, low_res_size: int, noise_aug: NoiseAugmentation | None = None,
-                 crop_size: int | None = None):
+    def __init__(
+        self,
+        image_size: int,
+        low_res_size: int,
+        noise_aug: NoiseAugmentation | None = None,
+        crop_size: int | None = None,
+    ):
         super().__init__(image_size)
         if not 0 < low_res_size < image_size or image_size % low_res_size:
-            raise ValueError(f"stage.low_res_size must divide image_size {image_size} and be smaller, got {low_res_size}")
+            raise ValueError(
+                f"stage.low_res_size must divide image_size {image_size} and be smaller, got {low_res_size}"
+            )
         self.factor = image_size // low_res_size
         if crop_size is not None and (not 0 < crop_size <= image_size or crop_size % self.factor):
-            raise ValueError(f"stage.crop_size must be in (0, {image_size}] and a multiple of the upsampling factor "
-                             f"{self.factor}, got {crop_size}")
+            raise ValueError(
+                f"stage.crop_size must be in (0, {image_size}] and a multiple of the upsampling factor "
+                f"{self.factor}, got {crop_size}"
+            )
         self.low_res_size, self.crop_size = low_res_size, crop_size
         self.noise_aug = noise_aug or NoAugmentation()
         self._reference: tuple[Tensor, list[str]] | None = None  # (images, captions) of the first training batch
@@ -113,7 +127,9 @@ class SuperResolution(Stage):
             n = min(len(batch["caption"]), 8)
             self._reference = (batch["image"][:n].detach().clone(), list(batch["caption"][:n]))
 
-    def validation_samples(self, sample: Callable[..., Tensor], batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+    def validation_samples(
+        self, sample: Callable[..., Tensor], batch: dict[str, Any], batch_idx: int
+    ) -> dict[str, Any]:
         if self._reference is None:  # before the first training batch (Lightning's sanity check)
             return {"images": torch.empty(0, 3, self.image_size, self.image_size), "captions": []}
         truth, captions = self._reference  # (n, 3, H, W) whole training images, not crops
@@ -130,8 +146,10 @@ class SuperResolution(Stage):
 
     def training_inputs(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            raise ValueError(f"a {self.low_res_size}->{self.image_size} stage trains on {self.image_size}px images, "
-                             f"got {tuple(images.shape[-2:])} (set data resolution = image_size)")
+            raise ValueError(
+                f"a {self.low_res_size}->{self.image_size} stage trains on {self.image_size}px images, "
+                f"got {tuple(images.shape[-2:])} (set data resolution = image_size)"
+            )
         lowres, aug_level = self.noise_aug.train(downsample(images, self.low_res_size))  # (B, 3, l, l), (B,)
         inputs = self.condition(lowres, aug_level)
         if self.crop_size is None or self.crop_size == self.image_size:
@@ -149,12 +167,17 @@ class SuperResolution(Stage):
 
         return crop(images), {"lowres": crop(inputs["lowres"]), "aug_level": aug_level}
 
-    def sampling_inputs(self, batch: int, lowres: Tensor | None, aug_level: float,
-                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def sampling_inputs(
+        self, batch: int, lowres: Tensor | None, aug_level: float, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         if lowres is None:
-            raise ValueError(f"a {self.low_res_size}->{self.image_size} super-resolution stage needs the stage below's "
-                             "images (give the cascade's checkpoints in order: ckpt='[BASE,SR,...]')")
+            raise ValueError(
+                f"a {self.low_res_size}->{self.image_size} super-resolution stage needs the stage below's "
+                "images (give the cascade's checkpoints in order: ckpt='[BASE,SR,...]')"
+            )
         if lowres.shape[0] != batch or tuple(lowres.shape[1:]) != (3, self.low_res_size, self.low_res_size):
-            raise ValueError(f"this stage upsamples (B, 3, {self.low_res_size}, {self.low_res_size}) images, got "
-                             f"{tuple(lowres.shape)}")
+            raise ValueError(
+                f"this stage upsamples (B, 3, {self.low_res_size}, {self.low_res_size}) images, got "
+                f"{tuple(lowres.shape)}"
+            )
         return self.condition(*self.noise_aug.sample(lowres, aug_level, generator))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,7 @@ def _alternation(words: Iterable[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template_regex(text: str) -> re.Pattern[str]:
     cols = _alternation(PALETTE)
     shps = _alternation(SHAPES)
@@ -231,4 +232,3 @@ def parse_caption(caption: str) -> dict[str, Any] | None:
             continue
         return {"category": t.category, "constraints": t.constraints(values)}
     return None
-

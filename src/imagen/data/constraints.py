@@ -25,8 +25,9 @@ objects or the judge's detections.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from .vocab import INVERSE, MAX_OBJECTS, RELATIONS, Obj
 
@@ -212,8 +213,12 @@ class Relation(Constraint):
         return cls(_ref(d["subject"]), d["relation"], _ref(d["object"]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "subject": _ref_dict(self.subject), "relation": self.relation,
-                "object": _ref_dict(self.obj)}
+        return {
+            "type": self.type,
+            "subject": _ref_dict(self.subject),
+            "relation": self.relation,
+            "object": _ref_dict(self.obj),
+        }
 
     @property
     def refs(self) -> tuple[Obj, ...]:

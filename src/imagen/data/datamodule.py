@@ -13,8 +13,9 @@ and, for validation, an integer ``val_check_interval`` with ``check_val_every_n_
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -171,26 +172,38 @@ class ShapesDataModule(_ShardDataModule):
     def prepare_data(self) -> None:
         """Generate (or reuse cached) train/val shards. Lightning calls this on local rank 0 only."""
         for split, n in self._splits():
-            ensure_shards(self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, num_proc=self.gen_procs)
+            ensure_shards(
+                self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, num_proc=self.gen_procs
+            )
 
     def shard_paths(self, split: str) -> list[str]:
         """Cached shard paths of ``split``; generates them when not running distributed, else raises."""
         n = dict(self._splits()).get(split)
         if n is None:
             return []
-        paths = load_cached_shards(self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, verify=False)
+        paths = load_cached_shards(
+            self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, verify=False
+        )
         if paths is None:
             if torch.distributed.is_available() and torch.distributed.is_initialized():
-                raise FileNotFoundError(f"no valid {split} shards in {self._dir(split, n)}; prepare_data() must run first")
+                raise FileNotFoundError(
+                    f"no valid {split} shards in {self._dir(split, n)}; prepare_data() must run first"
+                )
             self.prepare_data()
-            paths = load_cached_shards(self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, verify=False)
+            paths = load_cached_shards(
+                self.world, self._dir(split, n), n, self.samples_per_shard, self.seed, split, verify=False
+            )
         assert paths is not None
         return paths
 
     def setup(self, stage: str | None = None) -> None:
         """Build the train (infinite, shuffled) and val (one ordered pass) pipelines."""
         self.train_pipeline = make_pipeline(
-            self.shard_paths("train"), self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            self.shard_paths("train"),
+            self.resolution,
+            training=True,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
             text_cache=self.text_cache,
         )
         val = self.shard_paths("val")
@@ -274,7 +287,11 @@ class WebDataModule(_ShardDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Expand and check the shard lists, build the pipelines."""
         self.train_pipeline = make_pipeline(
-            self.urls, self.resolution, training=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            self.urls,
+            self.resolution,
+            training=True,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
             text_cache=self.text_cache,
         )
         self.val_pipeline = make_pipeline(self.val_urls, self.resolution, training=False) if self.val_urls else None

@@ -42,7 +42,8 @@ import multiprocessing.context
 import os
 import random
 import re
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import braceexpand
 import numpy as np
@@ -96,7 +97,7 @@ def expand_urls(urls: str | Sequence[str], check_local: bool = True) -> list[str
     if check_local:
         missing = []
         for url in out:
-            path = url[len("file:"):] if url.startswith("file:") else (None if _REMOTE.match(url) else url)
+            path = url[len("file:") :] if url.startswith("file:") else (None if _REMOTE.match(url) else url)
             if path is not None and not os.path.isfile(path):
                 missing.append(path)
         if missing:
@@ -117,7 +118,7 @@ class ShardList(IterableDataset):
     """
 
     def __init__(
-        self, urls: Sequence[str], shuffle: bool, seed: int, repeat: bool, counter: "SkipCounter | None" = None
+        self, urls: Sequence[str], shuffle: bool, seed: int, repeat: bool, counter: SkipCounter | None = None
     ) -> None:
         super().__init__()
         if not urls:
@@ -160,7 +161,14 @@ class SkipCounter:
     an infinite training pipeline over broken shards fails loudly instead of spinning forever.
     """
 
-    REASONS: tuple[str, ...] = ("bad_image", "missing_image", "missing_caption", "bad_caption", "bad_meta", "shard_error")
+    REASONS: tuple[str, ...] = (
+        "bad_image",
+        "missing_image",
+        "missing_caption",
+        "bad_caption",
+        "bad_meta",
+        "shard_error",
+    )
 
     def __init__(self, initial: dict[str, int] | None = None, max_consecutive: int = 1000) -> None:
         initial = initial or {}
@@ -187,7 +195,9 @@ class SkipCounter:
         """Record a successfully decoded sample (resets the consecutive-failure guard)."""
         self._consecutive = 0
 
-    def add(self, reason: str, key: str | None = None, url: str | None = None, error: BaseException | None = None) -> None:
+    def add(
+        self, reason: str, key: str | None = None, url: str | None = None, error: BaseException | None = None
+    ) -> None:
         """Count one skip; log the first one in this process as a warning (later ones at debug level)."""
         value = self._values[reason]
         with value.get_lock():

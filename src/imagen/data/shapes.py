@@ -24,8 +24,9 @@ does not depend on sample ``i - 1`` and shards can be generated in any order or 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -225,7 +226,9 @@ class ShapesWorld:
     def _count_weights(value: Any) -> list[float]:
         w = list(DEFAULT_COUNT_WEIGHTS) if value is None else [float(x) for x in _plain(value)]
         if not 1 <= len(w) <= MAX_OBJECTS or any(not np.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
-            raise ValueError(f"count_weights must be 1-{MAX_OBJECTS} non-negative weights (n = 1, 2, ...) with a positive sum, got {w}")
+            raise ValueError(
+                f"count_weights must be 1-{MAX_OBJECTS} non-negative weights (n = 1, 2, ...) with a positive sum, got {w}"
+            )
         return w
 
     def _relation_triple(self, triple: Any) -> tuple[str, str, str]:
@@ -270,7 +273,7 @@ class ShapesWorld:
         }
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ShapesWorld":
+    def from_config(cls, cfg: Any) -> ShapesWorld:
         """Build from a ShapesWorld, a mapping or a DictConfig of kwargs (``_target_`` keys ignored)."""
         if isinstance(cfg, ShapesWorld):
             return cfg
@@ -347,7 +350,9 @@ class ShapesWorld:
             values["r1"] = RELATIONS[int(rng.integers(4))]
             values["r2"] = RELATIONS[int(rng.integers(4))]
             same_size = False
-        templates = [t for t in TEMPLATES if t.category == category and t.n_range[0] <= values.get("n", 1) <= t.n_range[1]]
+        templates = [
+            t for t in TEMPLATES if t.category == category and t.n_range[0] <= values.get("n", 1) <= t.n_range[1]
+        ]
         t = templates[int(rng.integers(len(templates)))]
         relations = [("ABC".index(s), values[r], "ABC".index(o)) for s, r, o in t.relations]
         placed = _place(rng, len(objs), relations, same_size)
@@ -442,7 +447,9 @@ class ShapesWorld:
                     a = pairs[j % len(pairs)][0]
                     partners = {q for p, q in pairs if p == a}
                 start = j + len(diag) // 2  # a partner far along the diagonal: varied colours/shapes
-                b = next(diag[(start + i) % len(diag)] for i in range(len(diag)) if diag[(start + i) % len(diag)] in partners)
+                b = next(
+                    diag[(start + i) % len(diag)] for i in range(len(diag)) if diag[(start + i) % len(diag)] in partners
+                )
                 v = {"A": a, "B": b, "r1": RELATIONS[j % 4]}
                 if cat == "descriptions":
                     v["C"] = next(x for x in diag if x not in (a, b))
@@ -481,7 +488,9 @@ def _place(
         for s in sizes:
             s = round(s, 4)
             a, b = s / 2 + _EDGE_MARGIN, 1 - s / 2 - _EDGE_MARGIN
-            boxes.append({"cx": round(float(rng.uniform(a, b)), 4), "cy": round(float(rng.uniform(a, b)), 4), "size": s})
+            boxes.append(
+                {"cx": round(float(rng.uniform(a, b)), 4), "cy": round(float(rng.uniform(a, b)), 4), "size": s}
+            )
         if not all(_separated(boxes[i], boxes[j]) for i in range(n) for j in range(i + 1, n)):
             continue
         if all(_relation_strict(boxes[s], r, boxes[o]) for s, r, o in relations):
@@ -504,7 +513,9 @@ def _separated(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
     return abs(a["cx"] - b["cx"]) >= need or abs(a["cy"] - b["cy"]) >= need
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, rgb: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, rgb: tuple[int, int, int]
+) -> None:
     """Draw one filled shape inside the square box of side ``size`` centred at (cx, cy) (pixels)."""
     h = size / 2
     if shape == "circle":

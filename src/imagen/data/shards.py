@@ -29,7 +29,15 @@ import webdataset as wds
 
 from .shapes import GENERATOR_VERSION, ShapesWorld
 
-__all__ = ["MANIFEST", "ensure_shards", "ensure_splits", "fingerprint", "load_cached_shards", "split_dir", "write_shards"]
+__all__ = [
+    "MANIFEST",
+    "ensure_shards",
+    "ensure_splits",
+    "fingerprint",
+    "load_cached_shards",
+    "split_dir",
+    "write_shards",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,9 @@ def _check_counts(n_samples: int, samples_per_shard: int, seed: int) -> None:
 
 def fingerprint(world: ShapesWorld, n_samples: int, samples_per_shard: int, seed: int, split: str = "train") -> str:
     """sha256 hex digest identifying the exact shard contents for these arguments."""
-    return hashlib.sha256(json.dumps(_cache_config(world, n_samples, samples_per_shard, seed, split), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(_cache_config(world, n_samples, samples_per_shard, seed, split), sort_keys=True).encode()
+    ).hexdigest()
 
 
 def _cache_config(world: ShapesWorld, n_samples: int, samples_per_shard: int, seed: int, split: str) -> dict[str, Any]:
@@ -231,6 +241,8 @@ def ensure_splits(
     return out
 
 
-def split_dir(world: ShapesWorld, root: str | os.PathLike, n_samples: int, samples_per_shard: int, seed: int, split: str) -> Path:
+def split_dir(
+    world: ShapesWorld, root: str | os.PathLike, n_samples: int, samples_per_shard: int, seed: int, split: str
+) -> Path:
     """The cache directory :func:`ensure_splits` uses for one split."""
     return Path(root) / f"{split}-{fingerprint(world, n_samples, samples_per_shard, seed, split)[:12]}"

@@ -54,8 +54,11 @@ class GuidedDenoiser:
             out = self.net(torch.cat([z, z]), torch.cat([t_vec, t_vec]), self.emb, self.mask, **self.net_kwargs)
             out_c, out_u = out.chunk(2)
             # Guidance is linear in the network output, so it is applied on eps for every parameterisation.
-            eps = guide(self.parameterization.to_x0_eps(out_c, z, alpha, sigma)[1],
-                        self.parameterization.to_x0_eps(out_u, z, alpha, sigma)[1], self.w)
+            eps = guide(
+                self.parameterization.to_x0_eps(out_c, z, alpha, sigma)[1],
+                self.parameterization.to_x0_eps(out_u, z, alpha, sigma)[1],
+                self.w,
+            )
         x0 = self.thresholding((z - sigma * eps) / alpha)
         # eps consistent with the thresholded x0, for samplers that step with eps (DDIM).
         eps = (z - alpha * x0) / sigma

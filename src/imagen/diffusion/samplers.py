@@ -43,7 +43,9 @@ class AncestralSampler:
         self.steps, self.gamma, self.progress = steps, gamma, progress
 
     @torch.no_grad()
-    def __call__(self, denoiser, schedule: LogSNRSchedule, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, denoiser, schedule: LogSNRSchedule, z: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         ts = _time_grid(self.steps, z.device)
         x0 = z
         for i in _progress(range(self.steps), self.progress, "ancestral"):
@@ -68,7 +70,9 @@ class DDIMSampler:
         self.steps, self.progress = steps, progress
 
     @torch.no_grad()
-    def __call__(self, denoiser, schedule: LogSNRSchedule, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, denoiser, schedule: LogSNRSchedule, z: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         ts = _time_grid(self.steps, z.device)
         x0 = z
         for i in _progress(range(self.steps), self.progress, "ddim"):

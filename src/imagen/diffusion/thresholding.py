@@ -24,7 +24,7 @@ class NoThresholding(Thresholding):
 
 
 class StaticThresholding(Thresholding):
-    """"Static thresholding: elementwise clipping the x-prediction to [-1, 1]" (§2.3)."""
+    """ "Static thresholding: elementwise clipping the x-prediction to [-1, 1]" (§2.3)."""
 
     def __call__(self, x0: Tensor) -> Tensor:
         return x0.clamp(-1.0, 1.0)

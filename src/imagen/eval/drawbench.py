@@ -23,14 +23,18 @@ def load_drawbench(path: str | Path, categories: list[str] | None = None) -> lis
     """[{"caption", "category"}, ...] from a CSV with the columns Prompt and Category (others ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"DrawBench CSV {path} does not exist: export the DrawBench sheet "
-                                "(imagen.research.google) as CSV and give eval.csv=<path>")
+        raise FileNotFoundError(
+            f"DrawBench CSV {path} does not exist: export the DrawBench sheet "
+            "(imagen.research.google) as CSV and give eval.csv=<path>"
+        )
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"DrawBench CSV {path} lacks the column(s) {', '.join(missing)} "
-                             f"(has {', '.join(reader.fieldnames or [])}); expected {', '.join(COLUMNS)}")
+            raise ValueError(
+                f"DrawBench CSV {path} lacks the column(s) {', '.join(missing)} "
+                f"(has {', '.join(reader.fieldnames or [])}); expected {', '.join(COLUMNS)}"
+            )
         rows = [{"caption": r["Prompt"].strip(), "category": r["Category"].strip()} for r in reader if r["Prompt"]]
     if categories:
         known = sorted({r["category"] for r in rows})

@@ -70,12 +70,15 @@ class InceptionFeatures(nn.Module):
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
 
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                          feature_extractor_weights_path=weights_path)
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+            )
         except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as err:
-            raise OSError(f"features=inception needs torch-fidelity and InceptionV3 weights ({err}); install it with "
-                          "`pip install torch-fidelity` and give features.weights_path=<pt_inception weights>, or "
-                          "use features=shapes offline") from None
+            raise OSError(
+                f"features=inception needs torch-fidelity and InceptionV3 weights ({err}); install it with "
+                "`pip install torch-fidelity` and give features.weights_path=<pt_inception weights>, or "
+                "use features=shapes offline"
+            ) from None
         self.num_features = 2048
 
     @torch.no_grad()

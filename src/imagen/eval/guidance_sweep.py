@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from imagen.build import instantiate
 from imagen.cascade.cascade import generate_cascade
-from imagen.checkpoint import as_list, load_cascade, per_stage
 from imagen.cascade.stage import upsample
+from imagen.checkpoint import as_list, load_cascade, per_stage
+from imagen.config import hydra_choices
 from imagen.eval.metrics import FidKid, saturation
 from imagen.eval.pareto import plot_categories, plot_pareto
 from imagen.lightning.grid import caption_grid, save_png
-from imagen.config import hydra_choices
 from imagen.lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ def check(cfg: DictConfig) -> list[float]:
     if not weights or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
         raise ValueError(f"guidance must be a non-empty list of weights >= 0 (1 disables guidance), got {weights}")
     if cfg.batch_size < 1 or cfg.grid_per_category < 0:
-        raise ValueError(f"batch_size must be >= 1 and grid_per_category >= 0, got {cfg.batch_size}, {cfg.grid_per_category}")
+        raise ValueError(
+            f"batch_size must be >= 1 and grid_per_category >= 0, got {cfg.batch_size}, {cfg.grid_per_category}"
+        )
     return [float(w) for w in weights]
 
 
@@ -54,8 +56,10 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
     lower_w: list = []
     if n_stages > 1:
         if cfg.cascade_guidance is None:
-            raise ValueError("a cascade needs cascade_guidance: the guidance weight of the stages before the last "
-                             "(one for all or one per stage), e.g. cascade_guidance=1.5")
+            raise ValueError(
+                "a cascade needs cascade_guidance: the guidance weight of the stages before the last "
+                "(one for all or one per stage), e.g. cascade_guidance=1.5"
+            )
         lower_w = per_stage(cfg.cascade_guidance, n_stages - 1, "cascade_guidance")
     suite = instantiate(cfg.eval)
     features = instantiate(cfg.features)
@@ -78,21 +82,34 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
     for lg in loggers:
         lg.log_hyperparams({"config": config, "choices": choices, "train_config": OmegaConf.to_container(train_cfg)})
     metrics = {
-        "label": cfg.label, "ckpt": info["ckpt"], "step": info["global_step"], "ema": info["ema"], "suite": suite.name,
-        "alignment_key": suite.alignment_key, "features": getattr(features, "name", type(features).__name__),
-        "sampler": choices.get("sampler", type(sampler).__name__), "sampler_config": OmegaConf.to_container(cfg.sampler),
+        "label": cfg.label,
+        "ckpt": info["ckpt"],
+        "step": info["global_step"],
+        "ema": info["ema"],
+        "suite": suite.name,
+        "alignment_key": suite.alignment_key,
+        "features": getattr(features, "name", type(features).__name__),
+        "sampler": choices.get("sampler", type(sampler).__name__),
+        "sampler_config": OmegaConf.to_container(cfg.sampler),
         "thresholding": choices.get("thresholding", type(thresholding).__name__),
-        "thresholding_config": OmegaConf.to_container(cfg.thresholding), "seed": cfg.seed,
-        "n_samples": len(prompts), "n_reference": 0 if reference is None else len(reference),
-        "reference": {} if reference is None else {
-            **saturation(reference), **(suite.score(reference, reference_prompts) if reference_prompts else {})},
+        "thresholding_config": OmegaConf.to_container(cfg.thresholding),
+        "seed": cfg.seed,
+        "n_samples": len(prompts),
+        "n_reference": 0 if reference is None else len(reference),
+        "reference": {}
+        if reference is None
+        else {**saturation(reference), **(suite.score(reference, reference_prompts) if reference_prompts else {})},
         "results": [],
     }
     if n_stages > 1:
-        metrics["cascade"] = {"ckpts": [i["ckpt"] for i in infos], "resolutions": cascade.resolutions,
-                              "guidance": lower_w, "aug_level": [s.aug_level for s in cascade.settings[1:]],
-                              "steps": [getattr(s.sampler, "steps", None) for s in cascade.settings],
-                              "thresholding": [type(s.thresholding).__name__ for s in cascade.settings]}
+        metrics["cascade"] = {
+            "ckpts": [i["ckpt"] for i in infos],
+            "resolutions": cascade.resolutions,
+            "guidance": lower_w,
+            "aug_level": [s.aug_level for s in cascade.settings[1:]],
+            "steps": [getattr(s.sampler, "steps", None) for s in cascade.settings],
+            "thresholding": [type(s.thresholding).__name__ for s in cascade.settings],
+        }
     try:
         lower: list[torch.Tensor] = []
         if n_stages > 1:  # the lower stages' samples, shared by every weight of the sweep
@@ -109,13 +126,17 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
             metrics["cascade"]["lower_upsampled"] = baseline
             for images in lower:
                 if cfg.grid_per_category:
-                    save_png(category_grid(images, prompts, cfg.grid_per_category),
-                             out_dir / "grids" / f"{images.shape[-1]}px.png", {"guidance": str(lower_w), "seed": cfg.seed})
+                    save_png(
+                        category_grid(images, prompts, cfg.grid_per_category),
+                        out_dir / "grids" / f"{images.shape[-1]}px.png",
+                        {"guidance": str(lower_w), "seed": cfg.seed},
+                    )
         for step, w in enumerate(weights):
             start = time.perf_counter()
             cascade.settings[-1].guidance = w
-            images = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size, lowres=lower[-1] if lower else None,
-                                      start=n_stages - 1)[-1]
+            images = generate_cascade(
+                cascade, captions, cfg.seed, cfg.batch_size, lowres=lower[-1] if lower else None, start=n_stages - 1
+            )[-1]
             row = {"guidance": w, "n_samples": len(images), "sample_seconds": round(time.perf_counter() - start, 2)}
             if fidkid is not None:
                 fidkid.reset_fake()
@@ -126,8 +147,17 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
             metrics["results"].append(row)
             grid = category_grid(images, prompts, cfg.grid_per_category) if cfg.grid_per_category else None
             if grid is not None:
-                save_png(grid, out_dir / "grids" / f"w{w:g}.png", {"guidance": w, "thresholding": metrics["thresholding"],
-                                                                  "sampler": metrics["sampler"], "seed": cfg.seed, "ckpt": info["ckpt"]})
+                save_png(
+                    grid,
+                    out_dir / "grids" / f"w{w:g}.png",
+                    {
+                        "guidance": w,
+                        "thresholding": metrics["thresholding"],
+                        "sampler": metrics["sampler"],
+                        "seed": cfg.seed,
+                        "ckpt": info["ckpt"],
+                    },
+                )
             for lg in loggers:
                 lg.log_metrics({f"eval/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
                 if grid is not None and hasattr(lg, "log_image"):
@@ -135,8 +165,14 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
             log.info("w=%g: %s", w, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
             (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))  # partial results survive a crash
         label = f"{metrics['thresholding']} thresholding, {metrics['sampler']}"
-        plots = [p for p in (plot_pareto({label: metrics}, out_dir / "pareto.png") if fidkid else None,
-                             plot_categories({label: metrics}, out_dir / "categories.png")) if p is not None]
+        plots = [
+            p
+            for p in (
+                plot_pareto({label: metrics}, out_dir / "pareto.png") if fidkid else None,
+                plot_categories({label: metrics}, out_dir / "categories.png"),
+            )
+            if p is not None
+        ]
         for lg in loggers:
             if hasattr(lg, "log_image") and plots:
                 lg.log_image(key="eval/plots", images=[str(p) for p in plots])

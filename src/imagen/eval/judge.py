@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -207,7 +208,7 @@ def _components(
     return comp_color[1:], area, cx, cy, feats
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shape_prototypes() -> dict[str, tuple[np.ndarray, float, float, float]]:
     """Per shape: features (8,), area factor k (area = k * size^2) and centroid offset (dx, dy) / size.
 
@@ -300,7 +301,9 @@ def expected_object_count(constraints: Sequence[Mapping[str, Any] | Constraint])
 
 
 def caption_holds(
-    objects: Sequence[Mapping[str, Any]], constraints: Sequence[Mapping[str, Any] | Constraint], margin: float = 0.05,
+    objects: Sequence[Mapping[str, Any]],
+    constraints: Sequence[Mapping[str, Any] | Constraint],
+    margin: float = 0.05,
     exact_objects: bool = True,
 ) -> bool:
     """All constraints hold on ``objects`` (and, with ``exact_objects``, there are no other objects)."""
@@ -441,8 +444,12 @@ class Judge:
             held = list(r["constraints"]) + ([r["exact_objects"]] if r["exact_objects"] is not None else [])
             partial["all"].append(float(np.mean(held)))
             partial[category].append(float(np.mean(held)))
-        out: dict[str, float] = {"accuracy": _mean(overall), "n/all": len(overall), "n/skipped": skipped,
-                                 "se/accuracy": _binomial_se(overall)}
+        out: dict[str, float] = {
+            "accuracy": _mean(overall),
+            "n/all": len(overall),
+            "n/skipped": skipped,
+            "se/accuracy": _binomial_se(overall),
+        }
         for cat, v in per_cat.items():
             out[cat], out[f"n/{cat}"] = _mean(v), len(v)
         for t, v in per_type.items():

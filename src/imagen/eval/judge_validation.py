@@ -10,7 +10,8 @@ captions of other images (false for them per the ground truth) rejected: the fig
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -55,12 +56,12 @@ def _hard_negatives(
         for i, c in enumerate(cons):
             neg = c.hard_negative() if isinstance(c, kind) else None
             if neg is not None:
-                out.append((c.type, [x.to_dict() for x in (*cons[:i], neg, *cons[i + 1:])]))
+                out.append((c.type, [x.to_dict() for x in (*cons[:i], neg, *cons[i + 1 :])]))
                 break
     if objs:
         color, shape = objs[0]
         k = colors.index(color)
-        new_color = next(x for x in colors[k + 1:] + colors[:k] if (x, shape) not in objs)
+        new_color = next(x for x in colors[k + 1 :] + colors[:k] if (x, shape) not in objs)
         out.append(("color", remap({objs[0]: (new_color, shape)})))
         others = [s for s in shapes if s != shape and (color, s) not in objs]
         if others:

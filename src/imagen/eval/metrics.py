@@ -60,13 +60,18 @@ class FidKid:
     def compute(self) -> dict[str, float]:
         real, fake = torch.cat(self._real), torch.cat(self._fake)
         subset = min(self.kid_subset_size, len(real), len(fake))
-        kid = KernelInceptionDistance(feature=self.features, subsets=self.kid_subsets, subset_size=subset,
-                                      normalize=True)
+        kid = KernelInceptionDistance(
+            feature=self.features, subsets=self.kid_subsets, subset_size=subset, normalize=True
+        )
         kid.update(real, real=True)
         kid.update(fake, real=False)
         kid_mean, kid_std = kid.compute()
-        return {"fid": float(self.fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-                "kid_subset_size": subset}
+        return {
+            "fid": float(self.fid.compute()),
+            "kid": float(kid_mean),
+            "kid_std": float(kid_std),
+            "kid_subset_size": subset,
+        }
 
 
 class PooledCLIP(nn.Module):
@@ -101,8 +106,10 @@ def clip_score_metric(path: str):
             return PooledCLIP(CLIPModel.from_pretrained(path).eval()), CLIPProcessor.from_pretrained(path)
         except OSError as err:
             where = "folder" if Path(path).exists() else "hub model (not available locally)"
-            raise OSError(f"CLIP score: cannot load the CLIP {where} {path!r} ({str(err).splitlines()[0]}); give "
-                          "eval.clip=<local folder> or eval.clip=null to skip the CLIP score") from None
+            raise OSError(
+                f"CLIP score: cannot load the CLIP {where} {path!r} ({str(err).splitlines()[0]}); give "
+                "eval.clip=<local folder> or eval.clip=null to skip the CLIP score"
+            ) from None
 
     return CLIPScore(model_name_or_path=load)
 
@@ -111,5 +118,5 @@ def clip_score(metric, images: Tensor, captions: list[str], batch_size: int = 64
     """Mean CLIP score (100 x cosine, torchmetrics) of images and their captions."""
     metric.reset()
     for i in range(0, len(captions), batch_size):
-        metric.update(list((to_unit(images[i:i + batch_size]) * 255).to(torch.uint8)), captions[i:i + batch_size])
+        metric.update(list((to_unit(images[i : i + batch_size]) * 255).to(torch.uint8)), captions[i : i + batch_size])
     return float(metric.compute())

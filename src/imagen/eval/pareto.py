@@ -17,7 +17,9 @@ def read_metrics(path: str | Path) -> dict:
     path = Path(path)
     path = path / "metrics.json" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (scripts/evaluate.py writes metrics.json into its run directory)")
+        raise FileNotFoundError(
+            f"{path} does not exist (scripts/evaluate.py writes metrics.json into its run directory)"
+        )
     return json.loads(path.read_text())
 
 
@@ -50,8 +52,14 @@ def save_figure(fig, out: str | Path, ax=None, legend_fontsize: float | None = N
     return out
 
 
-def plot_pareto(curves: dict[str, dict], out: str | Path, x_key: str | None = None, y_key: str = "fid",
-                title: str | None = None, log_y: bool = False) -> Path:
+def plot_pareto(
+    curves: dict[str, dict],
+    out: str | Path,
+    x_key: str | None = None,
+    y_key: str = "fid",
+    title: str | None = None,
+    log_y: bool = False,
+) -> Path:
     """curves: label -> metrics.json content. x = the suite's alignment metric (higher is better), y = FID;
     horizontal error bars where the metric has a standard error (binomial, for the judge's accuracy)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
@@ -61,7 +69,7 @@ def plot_pareto(curves: dict[str, dict], out: str | Path, x_key: str | None = No
         rows = [r for r in metrics["results"] if r.get(x_name) is not None and r.get(y_key) is not None]
         xs, ys = [r[x_name] for r in rows], [r[y_key] for r in rows]
         se = [r.get(standard_error_key(x_name), _rate_se(r, x_name)) for r in rows]
-        line, = ax.plot(xs, ys, marker="o", label=label)
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
         if all(e is not None for e in se) and rows:
             ax.errorbar(xs, ys, xerr=se, fmt="none", ecolor=line.get_color(), alpha=0.35, capsize=2)
         for r, x, y in zip(rows, xs, ys):
@@ -79,8 +87,15 @@ def plot_categories(curves: dict[str, dict], out: str | Path, prefix: str = "jud
     """Per-category alignment (metrics named `<prefix><category>`) against the guidance weight, one panel
     per category, one line per curve."""
     skip = {f"{prefix}accuracy"}
-    cats = sorted({k[len(prefix):] for m in curves.values() for r in m["results"] for k in r
-                   if k.startswith(prefix) and k not in skip and "/" not in k[len(prefix):]})
+    cats = sorted(
+        {
+            k[len(prefix) :]
+            for m in curves.values()
+            for r in m["results"]
+            for k in r
+            if k.startswith(prefix) and k not in skip and "/" not in k[len(prefix) :]
+        }
+    )
     if not cats:
         return None
     fig, axes = plt.subplots(1, len(cats), figsize=(3.2 * len(cats), 3.2), sharey=True, squeeze=False)

@@ -20,7 +20,6 @@ from imagen.data.shapes import ShapesWorld
 from imagen.eval.judge import Judge
 from imagen.eval.suite import EvalSuite
 
-
 ALIGNMENTS = ("accuracy", "partial/all")
 
 
@@ -30,23 +29,32 @@ def _plain(value: Any) -> Any:
 
 class ShapesEval(EvalSuite):
     """Args:
-        n_per_category: generated prompts per category (the world's categories with weight > 0).
-        n_reference_per_category: ground-truth images per category for FID/KID (a disjoint draw).
-        seed: the validation-split seed the prompts are drawn with (training uses the train split).
-        world: ShapesWorld kwargs; null = the world the checkpoint was trained on (`bind`).
-        judge: Judge kwargs.
-        alignment: the pareto curves' x-axis: "accuracy" (every constraint of a caption holds) or "partial/all"
-            (the mean fraction that holds: graded, for models that get few captions entirely right).
+    n_per_category: generated prompts per category (the world's categories with weight > 0).
+    n_reference_per_category: ground-truth images per category for FID/KID (a disjoint draw).
+    seed: the validation-split seed the prompts are drawn with (training uses the train split).
+    world: ShapesWorld kwargs; null = the world the checkpoint was trained on (`bind`).
+    judge: Judge kwargs.
+    alignment: the pareto curves' x-axis: "accuracy" (every constraint of a caption holds) or "partial/all"
+        (the mean fraction that holds: graded, for models that get few captions entirely right).
     """
 
     name = "shapes"
     alignment_key = "judge/accuracy"
 
-    def __init__(self, n_per_category: int = 32, n_reference_per_category: int = 128, seed: int = 1234,
-                 world: Any = None, judge: dict | None = None, alignment: str = "accuracy"):
+    def __init__(
+        self,
+        n_per_category: int = 32,
+        n_reference_per_category: int = 128,
+        seed: int = 1234,
+        world: Any = None,
+        judge: dict | None = None,
+        alignment: str = "accuracy",
+    ):
         if n_per_category < 1 or n_reference_per_category < 2:
-            raise ValueError(f"eval.n_per_category must be >= 1 and eval.n_reference_per_category >= 2, got "
-                             f"{n_per_category}, {n_reference_per_category}")
+            raise ValueError(
+                f"eval.n_per_category must be >= 1 and eval.n_reference_per_category >= 2, got "
+                f"{n_per_category}, {n_reference_per_category}"
+            )
         if alignment not in ALIGNMENTS:
             raise ValueError(f"eval.alignment={alignment!r} is not one of {', '.join(ALIGNMENTS)}")
         self.alignment_key = f"judge/{alignment}"
@@ -59,7 +67,7 @@ class ShapesEval(EvalSuite):
         self._prompts: list[dict] | None = None
         self._reference: list[dict] | None = None
 
-    def bind(self, train_config: DictConfig, image_size: int) -> "ShapesEval":
+    def bind(self, train_config: DictConfig, image_size: int) -> ShapesEval:
         """Use the checkpoint's world (unless one was given) at the model's resolution."""
         world = self.world_config
         if world is None:
@@ -87,8 +95,13 @@ class ShapesEval(EvalSuite):
         self._prompts, self._reference = [], []
         for c in cats:
             for k, (idx, s) in enumerate(found[c]):
-                entry = {"caption": s.caption, "category": c, "constraints": s.meta["constraints"], "index": idx,
-                         "objects": s.meta["objects"]}
+                entry = {
+                    "caption": s.caption,
+                    "category": c,
+                    "constraints": s.meta["constraints"],
+                    "index": idx,
+                    "objects": s.meta["objects"],
+                }
                 (self._prompts if k < self.n_per_category else self._reference).append(entry)
 
     def prompts(self) -> list[dict]:

@@ -32,13 +32,15 @@ class ShardEval(EvalSuite):
         self._samples: list[dict] | None = None
         self.skipped: dict[str, int] = {}
 
-    def bind(self, train_config, image_size: int) -> "ShardEval":
+    def bind(self, train_config, image_size: int) -> ShardEval:
         self.resolution = image_size
         return self
 
     def _read(self) -> list[dict]:
         if self._samples is None:
-            pipeline = make_pipeline(self.urls, self.resolution, training=False, node_splitter=None, worker_splitter=None)
+            pipeline = make_pipeline(
+                self.urls, self.resolution, training=False, node_splitter=None, worker_splitter=None
+            )
             self._samples = []
             for sample in pipeline:
                 self._samples.append({"caption": sample["caption"], "category": "all", "image": sample["image"]})
@@ -46,7 +48,9 @@ class ShardEval(EvalSuite):
                     break
             self.skipped = pipeline.skipped.as_dict()
             if len(self._samples) < 2:
-                raise ValueError(f"eval.urls={self.urls} gave {len(self._samples)} usable samples (skipped: {self.skipped})")
+                raise ValueError(
+                    f"eval.urls={self.urls} gave {len(self._samples)} usable samples (skipped: {self.skipped})"
+                )
         return self._samples
 
     def prompts(self) -> list[dict]:

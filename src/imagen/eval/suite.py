@@ -17,7 +17,7 @@ class EvalSuite:
     name = "suite"
     alignment_key = "alignment"
 
-    def bind(self, train_config, image_size: int) -> "EvalSuite":
+    def bind(self, train_config, image_size: int) -> EvalSuite:
         """Adapt to the checkpoint being evaluated (its training config, its resolution)."""
         return self
 

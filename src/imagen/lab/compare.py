@@ -26,7 +26,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from imagen.eval.pareto import save_figure  # noqa: E402
 
-IGNORED_KEYS = {"seed", "data.gen_procs", "skip_completed", "experiment", "sweep"}  # never an arm: replication, plumbing, names
+IGNORED_KEYS = {
+    "seed",
+    "data.gen_procs",
+    "skip_completed",
+    "experiment",
+    "sweep",
+}  # never an arm: replication, plumbing, names
 
 
 @dataclass
@@ -84,14 +90,23 @@ def from_sweep_dirs(sweep_dirs: list[str | Path]) -> list[Record]:
         raise FileNotFoundError(f"no job.json under {', '.join(map(str, sweep_dirs))}: not a sweep of train.py -m")
     infos = [json.loads((j / "job.json").read_text()) for j in jobs]
     # The group choices (cond=cross_attn, also when it was the default) and the command-line overrides.
-    settings = [{**info.get("choices", {}), **dict(_parse_override(o) for o in info.get("overrides", []))} for info in infos]
+    settings = [
+        {**info.get("choices", {}), **dict(_parse_override(o) for o in info.get("overrides", []))} for info in infos
+    ]
     arm_keys = varying(settings)
     records = []
     for job, info, s in zip(jobs, infos, settings):
         arm = {k: s.get(k, "(default)") for k in sorted(arm_keys)}
-        base = dict(job=str(job), seed=info.get("seed"), status=info.get("status", "?"), error=info.get("error"),
-                    train_seconds=info.get("train_seconds"), eval_seconds=info.get("eval_seconds"),
-                    train_loss=info.get("train_loss"), loss_curve=_loss_curve(job / "metrics.csv"))
+        base = dict(
+            job=str(job),
+            seed=info.get("seed"),
+            status=info.get("status", "?"),
+            error=info.get("error"),
+            train_seconds=info.get("train_seconds"),
+            eval_seconds=info.get("eval_seconds"),
+            train_loss=info.get("train_loss"),
+            loss_curve=_loss_curve(job / "metrics.csv"),
+        )
         evals = sorted(p.parent for p in (job / "eval").glob("*/metrics.json"))
         if not evals:
             records.append(Record(arm=arm, **base))
@@ -99,8 +114,14 @@ def from_sweep_dirs(sweep_dirs: list[str | Path]) -> list[Record]:
             metrics = json.loads((e / "metrics.json").read_text())
             combo = info.get("evals", {}).get(e.name, {}).get("overrides")
             combo = combo if combo is not None else dict(_parse_override(o) for o in e.name.split(",") if "=" in o)
-            records.append(Record(arm={**arm, **{k: str(v) for k, v in combo.items()}}, alignment_key=metrics["alignment_key"],
-                                  results=metrics["results"], **base))
+            records.append(
+                Record(
+                    arm={**arm, **{k: str(v) for k, v in combo.items()}},
+                    alignment_key=metrics["alignment_key"],
+                    results=metrics["results"],
+                    **base,
+                )
+            )
     return _drop_constant_eval_keys(records)
 
 
@@ -138,8 +159,10 @@ def from_wandb(path: str, group: str, api=None) -> list[Record]:
         evaluated.add(job)
         ecfg = r.config.get("config", {})
         combo = dict(_parse_override(o) for o in combo_name.split(",") if "=" in o)
-        rows = [{k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
-                for row in r.history(samples=1000, pandas=False)]
+        rows = [
+            {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+            for row in r.history(samples=1000, pandas=False)
+        ]
         rows = [row for row in rows if row.get("guidance") is not None]
         records.append(_wandb_record(t, choices[job], arm_keys, combo, rows, ecfg))
     for name, t in train.items():
@@ -150,14 +173,23 @@ def from_wandb(path: str, group: str, api=None) -> list[Record]:
 
 def _wandb_record(t, choice: dict, arm_keys: set[str], combo: dict, rows: list[dict], ecfg: dict) -> Record:
     summary = dict(t.summary)
-    loss = [(int(h["trainer/global_step"] if "trainer/global_step" in h else h.get("_step", 0)), float(h["train/loss"]))
-            for h in t.history(keys=["train/loss"], samples=1000, pandas=False) if h.get("train/loss") is not None]
+    loss = [
+        (int(h["trainer/global_step"] if "trainer/global_step" in h else h.get("_step", 0)), float(h["train/loss"]))
+        for h in t.history(keys=["train/loss"], samples=1000, pandas=False)
+        if h.get("train/loss") is not None
+    ]
     seed = t.config.get("config", {}).get("seed")
-    return Record(job=t.name, arm={**{k: choice.get(k, "(default)") for k in sorted(arm_keys)}, **combo},
-                  seed=seed, status="completed" if t.state == "finished" else t.state,
-                  train_seconds=summary.get("_runtime"), train_loss=summary.get("train/loss"),
-                  alignment_key=ecfg.get("alignment_key", "judge/accuracy") if ecfg else "judge/accuracy",
-                  results=rows, loss_curve=loss)
+    return Record(
+        job=t.name,
+        arm={**{k: choice.get(k, "(default)") for k in sorted(arm_keys)}, **combo},
+        seed=seed,
+        status="completed" if t.state == "finished" else t.state,
+        train_seconds=summary.get("_runtime"),
+        train_loss=summary.get("train/loss"),
+        alignment_key=ecfg.get("alignment_key", "judge/accuracy") if ecfg else "judge/accuracy",
+        results=rows,
+        loss_curve=loss,
+    )
 
 
 # ------------------------------------------------------------------------------------------ aggregation
@@ -196,21 +228,34 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
     """Per arm: seeds, wall times, final loss, best FID and best alignment over the guidance sweep, and per weight."""
     groups = arms(records)
     align = next((r.alignment_key for r in records if r.results), "judge/accuracy")
-    lines = [f"| arm | seeds | train s | eval s (all the job's evaluations) | final train loss (last 5 logged) | best {y_key.upper()} (over w) | best {align} (over w) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| arm | seeds | train s | eval s (all the job's evaluations) | final train loss (last 5 logged) | best {y_key.upper()} (over w) | best {align} (over w) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, rs in groups.items():
         ok = [r for r in rs if r.status == "completed"]
         failed = [r for r in rs if r.status != "completed"]
         seeds = f"{len(ok)}" + (f" (+{len(failed)} {failed[0].status}: {failed[0].error})" if failed else "")
-        best_y = _stats([min((row[y_key] for row in r.results if row.get(y_key) is not None), default=None) for r in ok])
-        best_a = _stats([max((row[align] for row in r.results if row.get(align) is not None), default=None) for r in ok])
-        lines.append(f"| {label} | {seeds} | {fmt(_stats([r.train_seconds for r in ok]), 0)} | "
-                     f"{fmt(_stats([r.eval_seconds for r in ok]), 0)} | {fmt(_stats([r.final_loss for r in ok]), 4)} | "
-                     f"{fmt(best_y)} | {fmt(best_a)} |")
+        best_y = _stats(
+            [min((row[y_key] for row in r.results if row.get(y_key) is not None), default=None) for r in ok]
+        )
+        best_a = _stats(
+            [max((row[align] for row in r.results if row.get(align) is not None), default=None) for r in ok]
+        )
+        lines.append(
+            f"| {label} | {seeds} | {fmt(_stats([r.train_seconds for r in ok]), 0)} | "
+            f"{fmt(_stats([r.eval_seconds for r in ok]), 0)} | {fmt(_stats([r.final_loss for r in ok]), 4)} | "
+            f"{fmt(best_y)} | {fmt(best_a)} |"
+        )
     weights = sorted({float(row["guidance"]) for r in records for row in r.results})
     if weights:
-        lines += ["", f"{y_key.upper()} / {align} per guidance weight (mean [min, max] over seeds):", "",
-                  "| arm | " + " | ".join(f"w={w:g}" for w in weights) + " |", "|---|" + "---|" * len(weights)]
+        lines += [
+            "",
+            f"{y_key.upper()} / {align} per guidance weight (mean [min, max] over seeds):",
+            "",
+            "| arm | " + " | ".join(f"w={w:g}" for w in weights) + " |",
+            "|---|" + "---|" * len(weights),
+        ]
         for label, rs in groups.items():
             fy, fa = curve(rs, y_key), curve(rs, align)
             cells = [f"{fmt(fy.get(w), 2)} / {fmt(fa.get(w), 2)}" if w in fy or w in fa else "-" for w in weights]
@@ -219,7 +264,9 @@ def markdown_table(records: list[Record], y_key: str = "fid") -> str:
 
 
 # ------------------------------------------------------------------------------------------ plots
-def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid", title: str | None = None) -> Path | None:
+def plot_pareto_arms(
+    records: list[Record], out: str | Path, y_key: str = "fid", title: str | None = None
+) -> Path | None:
     """One curve per arm: the seed mean over the guidance weights (labels: w), bars spanning the seeds' min-max on
     both axes; faint lines are the individual seeds."""
     groups = {k: v for k, v in arms(records).items() if any(r.results for r in v)}
@@ -231,10 +278,17 @@ def plot_pareto_arms(records: list[Record], out: str | Path, y_key: str = "fid",
         fy, fa = curve(rs, y_key), curve(rs, align)
         ws = [w for w in fy if w in fa]
         xs, ys = [fa[w][0] for w in ws], [fy[w][0] for w in ws]
-        line, = ax.plot(xs, ys, marker="o", label=f"{label} (n={len(rs)})")
-        ax.errorbar(xs, ys, xerr=[[fa[w][0] - fa[w][1] for w in ws], [fa[w][2] - fa[w][0] for w in ws]],
-                    yerr=[[fy[w][0] - fy[w][1] for w in ws], [fy[w][2] - fy[w][0] for w in ws]],
-                    fmt="none", ecolor=line.get_color(), alpha=0.4, capsize=2)
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{label} (n={len(rs)})")
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[[fa[w][0] - fa[w][1] for w in ws], [fa[w][2] - fa[w][0] for w in ws]],
+            yerr=[[fy[w][0] - fy[w][1] for w in ws], [fy[w][2] - fy[w][0] for w in ws]],
+            fmt="none",
+            ecolor=line.get_color(),
+            alpha=0.4,
+            capsize=2,
+        )
         for r in rs:
             pts = [(row.get(align), row.get(y_key)) for row in r.results]
             pts = [p for p in pts if None not in p]
@@ -258,8 +312,14 @@ def plot_vs_guidance(records: list[Record], key: str, out: str | Path, title: st
     for label, rs in groups.items():
         c = curve(rs, key)
         ws = list(c)
-        ax.errorbar(ws, [c[w][0] for w in ws], yerr=[[c[w][0] - c[w][1] for w in ws], [c[w][2] - c[w][0] for w in ws]],
-                    marker="o", capsize=2, label=f"{label} (n={len(rs)})")
+        ax.errorbar(
+            ws,
+            [c[w][0] for w in ws],
+            yerr=[[c[w][0] - c[w][1] for w in ws], [c[w][2] - c[w][0] for w in ws]],
+            marker="o",
+            capsize=2,
+            label=f"{label} (n={len(rs)})",
+        )
     ax.set_xlabel("guidance weight w")
     ax.set_ylabel(key)
     ax.set_title(title or f"{key} against guidance (bars: seed range)")
@@ -296,7 +356,7 @@ def _eval_keys(records: list[Record]) -> set[str]:
 
 
 def _smooth(values, k: int = 5) -> list[float]:
-    return [sum(values[max(0, i - k + 1): i + 1]) / len(values[max(0, i - k + 1): i + 1]) for i in range(len(values))]
+    return [sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
 
 
 def write_comparison(records: list[Record], out_dir: str | Path, title: str) -> dict[str, Path]:
@@ -305,8 +365,12 @@ def write_comparison(records: list[Record], out_dir: str | Path, title: str) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     pareto = plot_pareto_arms(records, out_dir / "pareto.png", title=f"{title}: FID vs alignment")
     loss = plot_losses(records, out_dir / "loss.png", title=f"{title}: training loss")
-    saturation = plot_vs_guidance(records, "saturated", out_dir / "saturation.png",
-                                  title=f"{title}: fraction of saturated pixel values (8-bit 0 or 255)")
+    saturation = plot_vs_guidance(
+        records,
+        "saturated",
+        out_dir / "saturation.png",
+        title=f"{title}: fraction of saturated pixel values (8-bit 0 or 255)",
+    )
     plots = {k: v for k, v in (("pareto", pareto), ("loss", loss), ("saturation", saturation)) if v is not None}
     md = [f"# {title}", "", markdown_table(records), *(f"![{k}]({v.name})" for k, v in plots.items())]
     (out_dir / "comparison.md").write_text("\n".join(md) + "\n")

@@ -30,6 +30,7 @@ from imagen.eval.guidance_sweep import evaluate
 
 log = logging.getLogger(__name__)
 
+
 def combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
     """{a: [1, 2], b: [x]} -> [{a: 1, b: x}, {a: 2, b: x}]; an empty grid is one evaluation with no overrides."""
     keys = list(grid)
@@ -47,7 +48,9 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def compose_eval(combo: dict[str, Any], overrides: list[str], settings: dict[str, Any]) -> tuple[DictConfig, dict[str, str]]:
+def compose_eval(
+    combo: dict[str, Any], overrides: list[str], settings: dict[str, Any]
+) -> tuple[DictConfig, dict[str, str]]:
     """conf/evaluate.yaml with `overrides` and the combination's (groups such as thresholding=none, or values), then
     the settings merged in; `ckpt` is left null for the caller. Returns the config and its group choices (for
     metrics.json and tags)."""
@@ -55,7 +58,11 @@ def compose_eval(combo: dict[str, Any], overrides: list[str], settings: dict[str
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = [*overrides, *(_override(k, v) for k, v in combo.items()), "ckpt=null"]
-    context = nullcontext() if GlobalHydra.instance().is_initialized() else initialize_config_dir(str(conf_dir()), version_base="1.3")
+    context = (
+        nullcontext()
+        if GlobalHydra.instance().is_initialized()
+        else initialize_config_dir(str(conf_dir()), version_base="1.3")
+    )
     with context:
         cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
     choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
@@ -71,25 +78,34 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
     fe = cfg.final_eval
     stage = build_stage(cfg)
     if stage.takes_lowres and not fe.below:
-        raise ValueError("final_eval.below is required for a super-resolution stage: the checkpoints of the cascade's "
-                         "stages below it, base first, e.g. final_eval.below='[BASE_RUN/checkpoints/last.ckpt]'")
+        raise ValueError(
+            "final_eval.below is required for a super-resolution stage: the checkpoints of the cascade's "
+            "stages below it, base first, e.g. final_eval.below='[BASE_RUN/checkpoints/last.ckpt]'"
+        )
     below = [str(p) for p in fe.below]
     for p in below:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"final_eval.below: checkpoint {p} does not exist (the cascade's lower stages, base first)")
+            raise FileNotFoundError(
+                f"final_eval.below: checkpoint {p} does not exist (the cascade's lower stages, base first)"
+            )
     overrides = [str(o) for o in fe.get("overrides", [])]
     settings = OmegaConf.to_container(fe.settings, resolve=True)
     out = []
     for combo in combinations(OmegaConf.to_container(fe.grid, resolve=True)):
         if "aug_level" in combo and not stage.can_sample(float(combo["aug_level"])):
-            log.info("final_eval: skipping aug_level=%s (this stage's noise augmentation cannot sample at it)", combo["aug_level"])
+            log.info(
+                "final_eval: skipping aug_level=%s (this stage's noise augmentation cannot sample at it)",
+                combo["aug_level"],
+            )
             continue
         name = job_dirname(",".join(f"{k}={v}" for k, v in combo.items()))
         eval_cfg, choices = compose_eval(combo, overrides, settings)
         missing = sorted(OmegaConf.missing_keys(eval_cfg))
         if missing:
-            raise ValueError(f"final_eval: the evaluation needs {', '.join(missing)}: set final_eval.settings.{missing[0]}=... "
-                             "(conf/evaluate.yaml) or final_eval.enabled=false")
+            raise ValueError(
+                f"final_eval: the evaluation needs {', '.join(missing)}: set final_eval.settings.{missing[0]}=... "
+                "(conf/evaluate.yaml) or final_eval.enabled=false"
+            )
         out.append((name, combo, eval_cfg, choices))
     return out
 
@@ -116,6 +132,10 @@ def run_final_eval(cfg: DictConfig, run_dir: Path, record, name: str | None, tag
             eval_cfg.logger.name = f"{name}/eval/{combo_name}" if name else None
         log.info("final_eval %s -> %s", combo_name, out)
         evaluate(eval_cfg, out, choices={**choices, **{f"train/{t.split('=')[0]}": t.split("=", 1)[1] for t in tags}})
-        record.data["evals"][combo_name] = {"status": "completed", "dir": str(out.relative_to(run_dir)), "overrides": combo}
+        record.data["evals"][combo_name] = {
+            "status": "completed",
+            "dir": str(out.relative_to(run_dir)),
+            "overrides": combo,
+        }
         record.update()
     return dirs

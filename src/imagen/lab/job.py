@@ -81,8 +81,20 @@ class JobRecord:
         self.update(status="failed", finished=now(), error=f"{type(err).__name__}: {err}", traceback="".join(tail))
 
 
-JOB_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK",
-           "GROUP_RANK", "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "TORCHELASTIC_RUN_ID", "WANDB_DIR")
+JOB_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "PL_GLOBAL_SEED",
+    "PL_SEED_WORKERS",
+    "TORCHELASTIC_RUN_ID",
+    "WANDB_DIR",
+)
 
 
 @contextmanager

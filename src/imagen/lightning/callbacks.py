@@ -48,8 +48,12 @@ class SampleGrid(pl.Callback):
         if not self._captions or trainer.sanity_checking:
             return
         grid = caption_grid(torch.cat(self._images), self._captions, self._per_row)
-        meta = {"step": trainer.global_step, "guidance_weight": pl_module.guidance_weight,
-                "sampler": type(pl_module.sampler).__name__, "thresholding": type(pl_module.thresholding).__name__}
+        meta = {
+            "step": trainer.global_step,
+            "guidance_weight": pl_module.guidance_weight,
+            "sampler": type(pl_module.sampler).__name__,
+            "thresholding": type(pl_module.thresholding).__name__,
+        }
         self.last_path = save_png(grid, self.out_dir / f"step_{trainer.global_step:06d}.png", meta)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
@@ -113,8 +117,14 @@ class Checkpoints(ModelCheckpoint):
     def __init__(self, dirpath: str, every_n_train_steps: int = 500):
         if every_n_train_steps < 1:
             raise ValueError(f"callbacks.model_checkpoint.every_n_train_steps must be >= 1, got {every_n_train_steps}")
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=-1, every_n_train_steps=every_n_train_steps,
-                         filename="step_{step:07d}", auto_insert_metric_name=False)
+        super().__init__(
+            dirpath=dirpath,
+            save_last=True,
+            save_top_k=-1,
+            every_n_train_steps=every_n_train_steps,
+            filename="step_{step:07d}",
+            auto_insert_metric_name=False,
+        )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

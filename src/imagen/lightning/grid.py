@@ -50,7 +50,9 @@ def label_column_width(captions: list[str], label_width: int, font=None) -> int:
     return max(label_width, int(widest + 0.999) + 2 * LABEL_MARGIN)
 
 
-def caption_grid(images: torch.Tensor, captions: list[str], per_row: int, scale: int = 2, label_width: int = 180) -> Image.Image:
+def caption_grid(
+    images: torch.Tensor, captions: list[str], per_row: int, scale: int = 2, label_width: int = 180
+) -> Image.Image:
     """A grid of `len(captions) // per_row` rows; consecutive images with the same caption share a row.
 
     Each row's caption is wrapped (between words, never cut) onto as many lines as the label column needs; a row

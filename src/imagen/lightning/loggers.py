@@ -42,8 +42,11 @@ def record_wandb_run(logger: Logger, save_dir: str | Path) -> None:
     if not getattr(run, "id", None):
         return
     init = getattr(logger, "_wandb_init", {})
-    line = {"id": run.id, **{k: init.get(k) for k in ("name", "group", "job_type", "project", "mode")},
-            "tags": list(init.get("tags") or [])}
+    line = {
+        "id": run.id,
+        **{k: init.get(k) for k in ("name", "group", "job_type", "project", "mode")},
+        "tags": list(init.get("tags") or []),
+    }
     path = Path(save_dir) / "wandb_runs.jsonl"
     if path.is_file() and any(json.loads(x)["id"] == run.id for x in path.read_text().splitlines()):
         return  # ddp_spawn: the run started in the main process and the worker attached to it
@@ -51,9 +54,17 @@ def record_wandb_run(logger: Logger, save_dir: str | Path) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def wandb_logger(save_dir: str, project: str, name: str | None = None, group: str | None = None,
-                 tags: list[str] | None = None, mode: str | None = None, job_type: str = "train",
-                 init_timeout: float = 60.0, **_) -> list[Logger]:
+def wandb_logger(
+    save_dir: str,
+    project: str,
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    mode: str | None = None,
+    job_type: str = "train",
+    init_timeout: float = 60.0,
+    **_,
+) -> list[Logger]:
     """W&B plus CSV; if wandb cannot start, CSV alone with a warning (the run goes on). The run starts here (rank 0),
     so a dead server is found before training and an online run falls back to offline; under ddp_spawn the
     rank-0 worker attaches to it (Lightning's WandbLogger pickling)."""
@@ -64,8 +75,15 @@ def wandb_logger(save_dir: str, project: str, name: str | None = None, group: st
 
         def make(run_mode: str) -> WandbLogger:
             logger = WandbLogger(
-                save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []),
-                job_type=job_type, mode=run_mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True))
+                save_dir=save_dir,
+                project=project,
+                name=name,
+                group=group,
+                tags=list(tags or []),
+                job_type=job_type,
+                mode=run_mode,
+                settings=wandb.Settings(init_timeout=init_timeout, silent=True),
+            )
             _ = logger.experiment  # start the run now (rank 0)
             record_wandb_run(logger, save_dir)
             return logger

@@ -131,8 +131,16 @@ class ImagenModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- sampling (§2.2, §2.3)
     @torch.no_grad()
-    def sample(self, captions: list[str], guidance_weight: float | None = None, sampler=None, thresholding=None,
-               seed: int = 0, lowres: Tensor | None = None, aug_level: float = 0.0) -> Tensor:
+    def sample(
+        self,
+        captions: list[str],
+        guidance_weight: float | None = None,
+        sampler=None,
+        thresholding=None,
+        seed: int = 0,
+        lowres: Tensor | None = None,
+        aug_level: float = 0.0,
+    ) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] for the captions; deterministic given the seed. An SR stage takes the
         stage below's images `lowres` (B, 3, h, w) in [-1, 1], noise-augmented at `aug_level` (§2.4)."""
         emb, mask = self.encode(captions)
@@ -140,9 +148,16 @@ class ImagenModule(pl.LightningModule):
         z = torch.randn(len(captions), 3, self.image_size, self.image_size, device=self.device, generator=g)
         lowres = None if lowres is None else lowres.to(self.device, torch.float32)
         inputs = self.stage.sampling_inputs(len(captions), lowres, aug_level, g)
-        denoiser = GuidedDenoiser(self.unet, self.schedule, self.parameterization, emb, mask,
-                                  self.guidance_weight if guidance_weight is None else guidance_weight,
-                                  thresholding or self.thresholding, **inputs)
+        denoiser = GuidedDenoiser(
+            self.unet,
+            self.schedule,
+            self.parameterization,
+            emb,
+            mask,
+            self.guidance_weight if guidance_weight is None else guidance_weight,
+            thresholding or self.thresholding,
+            **inputs,
+        )
         return (sampler or self.sampler)(denoiser, self.schedule, z, g).clamp(-1, 1)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:

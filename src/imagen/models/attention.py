@@ -12,7 +12,7 @@ and selected with `set_attention_backend` without touching the U-Net.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

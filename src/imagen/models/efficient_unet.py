@@ -16,7 +16,7 @@ aug_level embedding (§2.4).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,12 +52,21 @@ class EfficientUNet(nn.Module):
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
-        reachable = validate_args(image_size, channels, channel_mult, attn_resolutions, head_dim, dropout,
-                                  lowest_attention="the lowest level's attention or text cross-attention")
+        reachable = validate_args(
+            image_size,
+            channels,
+            channel_mult,
+            attn_resolutions,
+            head_dim,
+            dropout,
+            lowest_attention="the lowest level's attention or text cross-attention",
+        )
         levels = len(channel_mult)
         blocks = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
         if len(blocks) != levels or min(blocks) < 1:
-            raise ValueError(f"num_res_blocks must be one count >= 1 per level of channel_mult {channel_mult}, got {blocks}")
+            raise ValueError(
+                f"num_res_blocks must be one count >= 1 per level of channel_mult {channel_mult}, got {blocks}"
+            )
         embed_dim = 4 * channels if embed_dim is None else embed_dim
         groups = num_groups(channels)
         self.image_size, self.skip_scale = image_size, skip_scale
@@ -98,8 +107,15 @@ class EfficientUNet(nn.Module):
 
         self.out = output_head(ch, groups, out_channels)
 
-    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor, lowres: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres: Tensor | None = None,
+        aug_level: Tensor | None = None,
+    ) -> Tensor:
         # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
         # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
         emb, cond = condition(self, t, text_emb, text_mask, aug_level)  # (B, E), text

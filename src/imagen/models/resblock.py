@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
 def num_groups(channels: int) -> int:
     """GroupNorm groups for a base width: 32, but at least 4 channels per group for narrow nets.
 

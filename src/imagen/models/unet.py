@@ -9,7 +9,7 @@ text_conditioning.py and is chosen by the `cond` partial (an ablation axis, §4.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +47,9 @@ def output_head(channels: int, groups: int, out_channels: int) -> nn.Sequential:
     return head
 
 
-def condition(net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor,
-              aug_level: Tensor | None = None) -> tuple[Tensor, TextCond]:
+def condition(
+    net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor, aug_level: Tensor | None = None
+) -> tuple[Tensor, TextCond]:
     """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.5)
     [+ the noise-augmentation level's embedding, SR stages (§2.4)], the text)."""
     cond = net.text_cond(text_emb, text_mask)
@@ -66,8 +67,10 @@ def network_input(net: nn.Module, x: Tensor, lowres: Tensor | None) -> Tensor:
     """The input convolution over the noisy image [+ the upsampled low-resolution image, channel-concatenated
     (§2.4)]: (B, channels, H, W)."""
     if (lowres is None) != (net.lowres_channels == 0):
-        raise ValueError(f"this U-Net takes {net.lowres_channels} low-resolution channels, got "
-                         f"{'none' if lowres is None else lowres.shape[1]}")
+        raise ValueError(
+            f"this U-Net takes {net.lowres_channels} low-resolution channels, got "
+            f"{'none' if lowres is None else lowres.shape[1]}"
+        )
     return net.input_conv(x if lowres is None else torch.cat([x, lowres], dim=1))
 
 
@@ -195,8 +198,15 @@ class UNet(nn.Module):
 
         self.out = output_head(ch, groups, out_channels)
 
-    def forward(self, x: Tensor, t: Tensor, text_emb: Tensor, text_mask: Tensor, lowres: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres: Tensor | None = None,
+        aug_level: Tensor | None = None,
+    ) -> Tensor:
         # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
         # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
         emb, cond = condition(self, t, text_emb, text_mask, aug_level)  # (B, E), text

@@ -59,7 +59,7 @@ def fingerprint(identity: dict) -> str:
 
 def local_shard(url: str) -> Path:
     """The local path of a shard URL; the cache lives beside the shards, so remote shards have none."""
-    path = url[len("file:"):] if url.startswith("file:") else url
+    path = url[len("file:") :] if url.startswith("file:") else url
     if _REMOTE.match(path):
         raise TextCacheError(f"the text cache lives beside the shards, which must be local files; got {url}")
     return Path(path)
@@ -97,8 +97,14 @@ def shard_stat(path: str | os.PathLike, with_sha256: bool = True) -> dict[str, A
     return info
 
 
-def write_cache_file(path: Path, keys: Sequence[str], rows: Sequence[Tensor], identity: dict, storage_dtype: str,
-                     shard: dict | None = None) -> None:
+def write_cache_file(
+    path: Path,
+    keys: Sequence[str],
+    rows: Sequence[Tensor],
+    identity: dict,
+    storage_dtype: str,
+    shard: dict | None = None,
+) -> None:
     """Write one cache file atomically (temporary file, then rename): rows[i] (L_i, D) is keys[i]'s embedding."""
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, got {storage_dtype!r}")
@@ -109,14 +115,23 @@ def write_cache_file(path: Path, keys: Sequence[str], rows: Sequence[Tensor], id
     emb = emb.to(STORAGE_DTYPES[storage_dtype]).contiguous()
     if not torch.isfinite(emb).all():
         raise ValueError(f"{path}: non-finite embeddings in {storage_dtype} (float16 overflow? use bfloat16)")
-    meta = {"format": FORMAT, "identity": json.dumps(identity, sort_keys=True), "storage_dtype": storage_dtype,
-            "dim": str(dim), "keys": json.dumps(list(keys))}
+    meta = {
+        "format": FORMAT,
+        "identity": json.dumps(identity, sort_keys=True),
+        "storage_dtype": storage_dtype,
+        "dim": str(dim),
+        "keys": json.dumps(list(keys)),
+    }
     if shard is not None:
         meta["shard"] = json.dumps(shard, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file({"emb": emb, "lengths": torch.tensor([r.shape[0] for r in rows], dtype=torch.int64)}, str(tmp), metadata=meta)
+        save_file(
+            {"emb": emb, "lengths": torch.tensor([r.shape[0] for r in rows], dtype=torch.int64)},
+            str(tmp),
+            metadata=meta,
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -128,7 +143,7 @@ def encode_rows(encoder, captions: Sequence[str], batch_size: int, progress=None
     unique = sorted(set(captions), key=lambda c: (len(c), c))
     rows: dict[str, Tensor] = {}
     for i in range(0, len(unique), batch_size):
-        chunk = unique[i:i + batch_size]
+        chunk = unique[i : i + batch_size]
         emb, mask = encoder.encode(chunk)  # (B, L, D) float32, (B, L) bool
         for caption, e, m in zip(chunk, emb, mask):
             rows[caption] = e[m].cpu()
@@ -173,7 +188,9 @@ def _diff(cached: dict, run: dict) -> str:
     return ", ".join(f"{k}: cache {cached.get(k)!r} vs run {run.get(k)!r}" for k in keys)
 
 
-def stale_reason(path: Path, identity: dict, shard_url: str | None = None, storage_dtype: str | None = None) -> str | None:
+def stale_reason(
+    path: Path, identity: dict, shard_url: str | None = None, storage_dtype: str | None = None
+) -> str | None:
     """Why the cache file ``path`` cannot be used for this identity (and shard, and storage dtype); None if current."""
     if not path.is_file():
         others = sorted(path.parent.parent.glob(f"*/{path.name}")) if path.parent.parent.is_dir() else []
@@ -231,17 +248,19 @@ class TextCache:
             if meta["keys"]:  # an empty shard's file records no width
                 dims.add(meta["dim"])
         if len(dtypes) > 1 or len(dims) > 1:
-            raise TextCacheError(f"text cache {self.prompts_file.parent} mixes storage dtypes {sorted(dtypes)} / widths "
-                                 f"{sorted(dims)}; rebuild it: {rebuild}")
+            raise TextCacheError(
+                f"text cache {self.prompts_file.parent} mixes storage dtypes {sorted(dtypes)} / widths "
+                f"{sorted(dims)}; rebuild it: {rebuild}"
+            )
         self.storage_dtype, self.dim = dtypes.pop(), dims.pop()
 
-    def prompt_embeddings(self, required: Iterable[str] = ()) -> "PromptEmbeddings":
+    def prompt_embeddings(self, required: Iterable[str] = ()) -> PromptEmbeddings:
         """The eval prompts' embeddings; every ``required`` prompt must be cached."""
         prompts = PromptEmbeddings(read_rows(self.prompts_file), self.dim, self.prompts_file, self.rebuild)
         prompts(list(required))  # fail now, not at the first validation
         return prompts
 
-    def attach(self) -> "AttachEmbeddings":
+    def attach(self) -> AttachEmbeddings:
         """The pipeline stage that adds each raw sample's cached ``text_emb``."""
         return AttachEmbeddings(self.files, self.rebuild)
 
@@ -253,13 +272,15 @@ class PromptEmbeddings:
     def __init__(self, rows: dict[str, Tensor], dim: int, path: Path, rebuild: str):
         self.rows, self.dim, self.path, self.rebuild = rows, dim, path, rebuild
 
-    def to(self, device) -> "PromptEmbeddings":  # the module moves its encoder; lookups are moved by the caller
+    def to(self, device) -> PromptEmbeddings:  # the module moves its encoder; lookups are moved by the caller
         return self
 
     def __call__(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         missing = [c for c in captions if c not in self.rows]
         if missing:
-            raise TextCacheError(f"prompt {missing[0]!r} is not in the text cache {self.path}; re-run precompute with it: {self.rebuild}")
+            raise TextCacheError(
+                f"prompt {missing[0]!r} is not in the text cache {self.path}; re-run precompute with it: {self.rebuild}"
+            )
         if not captions:
             return torch.zeros(0, 1, self.dim), torch.zeros(0, 1, dtype=torch.bool)
         return pad_rows([self.rows[c] for c in captions])
@@ -302,7 +323,9 @@ class AttachEmbeddings:
                 self._open(url)
             span = self._index.get(key)
             if span is not None:
-                raw["text_emb"] = self._emb[span[0]:span[1]]
+                raw["text_emb"] = self._emb[span[0] : span[1]]
             elif "txt" in raw:
-                raise TextCacheError(f"sample {key!r} of shard {url} is not in its text cache {self.files[url]}; rebuild it: {self.rebuild}")
+                raise TextCacheError(
+                    f"sample {key!r} of shard {url} is not in its text cache {self.files[url]}; rebuild it: {self.rebuild}"
+                )
             yield raw

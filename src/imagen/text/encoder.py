@@ -83,16 +83,23 @@ class FrozenTextEncoder(nn.Module):
             config = AutoConfig.from_pretrained(source["id"], **kwargs)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(random_init_seed)
-                self.model = cls.from_config(config).to(getattr(torch, dtype)) if hasattr(cls, "from_config") \
+                self.model = (
+                    cls.from_config(config).to(getattr(torch, dtype))
+                    if hasattr(cls, "from_config")
                     else cls._from_config(config).to(getattr(torch, dtype))
+                )
         self.model.eval().requires_grad_(False)
-        self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model)
+        self.dim = int(
+            self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model
+        )
 
     def _resolve_source(self) -> dict:
         """Local folder > local HF cache > the hub if reachable; otherwise fail in seconds with both fixes."""
         if self.path:
             if not Path(self.path).is_dir():
-                raise FileNotFoundError(f"encoder.path {self.path} does not exist (a folder with the weights and tokenizer of {self.name})")
+                raise FileNotFoundError(
+                    f"encoder.path {self.path} does not exist (a folder with the weights and tokenizer of {self.name})"
+                )
             return {"id": self.path, "local_only": True}
         from huggingface_hub import try_to_load_from_cache
 
@@ -113,8 +120,13 @@ class FrozenTextEncoder(nn.Module):
     @property
     def identity(self) -> dict:
         """What defines this encoder's embeddings (for caches and logs)."""
-        identity = {"name": self.name, "revision": self.revision, "layer": self.layer, "max_length": self.max_length,
-                    "dtype": self.dtype_name}
+        identity = {
+            "name": self.name,
+            "revision": self.revision,
+            "layer": self.layer,
+            "max_length": self.max_length,
+            "dtype": self.dtype_name,
+        }
         if self.random_init_seed is not None:
             identity["random_init_seed"] = self.random_init_seed
         return identity
@@ -123,7 +135,9 @@ class FrozenTextEncoder(nn.Module):
     def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """The encoder itself: (B, L, D) float32 embeddings and the (B, L) bool mask, L = longest caption."""
         device = next(self.model.parameters()).device
-        tok = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
+        tok = self.tokenizer(
+            list(captions), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.layer != -1)
         hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]

@@ -14,8 +14,12 @@ class TextSource:
     """Interface. `build_encoder` loads the frozen encoder; `open_cache` opens the run's text cache (a TextCacheError,
     one line with the rebuild command, when it is missing or stale). Both are called only when needed."""
 
-    def sampling_encoder(self, build_encoder: Callable[[], nn.Module], open_cache: Callable[[], TextCache],
-                         eval_prompts: Callable[[], Iterable[str]]) -> nn.Module:
+    def sampling_encoder(
+        self,
+        build_encoder: Callable[[], nn.Module],
+        open_cache: Callable[[], TextCache],
+        eval_prompts: Callable[[], Iterable[str]],
+    ) -> nn.Module:
         """What the module encodes captions with (the validation grid's prompts): captions -> (emb, mask)."""
         raise NotImplementedError
 
