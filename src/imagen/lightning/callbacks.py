@@ -129,7 +129,8 @@ class Checkpoints(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         final = Path(self.dirpath) / f"step_{trainer.global_step:07d}.ckpt"
-        if trainer.global_step and not final.is_file():  # every rank calls it: the strategy writes on rank 0
+        # Rank 0 decides for all: save_checkpoint is collective (rank 0 writes, every rank meets at a barrier).
+        if trainer.strategy.broadcast(bool(trainer.global_step) and not final.is_file()):
             trainer.save_checkpoint(final)
             trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}.ckpt")
 
