@@ -10,6 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from imagen.cli import check_overrides
 from imagen.run import run
 
 
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_overrides()  # an override Hydra's grammar rejects: one line saying how to quote it
     main()

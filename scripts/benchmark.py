@@ -43,6 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from imagen.build import build_module, build_text_encoder
+from imagen.cli import check_overrides
 from imagen.data.shapes import ShapesWorld
 from imagen.text.cache import STORAGE_DTYPES, encode_rows, pad_rows
 
@@ -254,4 +255,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], hydra_app=False, skip=("bench.",))  # bench.* never reach Hydra
     main(sys.argv[1:])

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imagen.cli import check_overrides
+
 SCRIPT = Path(__file__).resolve().parent / "benchmark.py"
 KEYS = {"train": ("median_s_per_step", "peak_memory_mb"), "sample": ("median_s_per_image", "peak_memory_mb")}
 
@@ -87,4 +89,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    rest = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []  # what every benchmark gets
+    check_overrides(rest, hydra_app=False, skip=("bench.",))
     main(sys.argv[1:])

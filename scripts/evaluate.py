@@ -25,7 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from imagen.cli import run_script
+from imagen.cli import check_overrides, run_script
 from imagen.eval.guidance_sweep import evaluate  # noqa: F401  (re-exported: tests and notebooks call it)
 
 
@@ -35,5 +35,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides()
     torch.set_float32_matmul_precision("high")
     main()

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from imagen.build import build_text_encoder, encoder_identity
+from imagen.cli import check_overrides
 from imagen.data.pipeline import decode_caption
 from imagen.text.cache import (
     STORAGE_DTYPES,
@@ -149,4 +150,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides()
     main()

@@ -27,7 +27,7 @@ from PIL import Image
 
 from imagen.cascade.cascade import STAGE_SEED_STRIDE, generate_cascade
 from imagen.checkpoint import load_cascade
-from imagen.cli import run_script
+from imagen.cli import check_overrides, run_script
 from imagen.images import to_uint8
 from imagen.lightning.grid import caption_grid, save_png
 
@@ -133,5 +133,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides()
     torch.set_float32_matmul_precision("high")
     main()

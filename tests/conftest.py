@@ -1,5 +1,6 @@
 """Shared test set-up: offline hub and W&B, the repository's paths, one Hydra compose helper and fixture, the tiny
-run's overrides, and the `slow` marker (subprocess, multirun and DDP tests: `pytest -m "not slow"` skips them)."""
+run's overrides, and the `slow` marker (subprocess, multirun, DDP and end-to-end training tests beyond
+one kept in the fast loop: `pytest -m "not slow"` skips them)."""
 
 from __future__ import annotations
 

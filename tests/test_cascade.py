@@ -199,6 +199,7 @@ def test_crop_trained_stage_samples_four_times_the_crop_size(tmp_path):
     assert seen[-1] == (64, 64)  # sampled on the whole image
 
 
+@pytest.mark.slow
 def test_sr_run_writes_a_lowres_sample_truth_grid(ckpts):
     grid = sorted((ckpts["sr"].parents[1] / "samples").glob("step_*.png"))[-1]
     width, height = Image.open(grid).size
@@ -220,6 +221,7 @@ def test_cascade_checks_the_chain():
         Cascade([object()], [])
 
 
+@pytest.mark.slow
 def test_cascade_matches_stage_by_stage_sampling(ckpts):
     base, _, _ = load_model(ckpts["base"], device="cpu")
     sr, cfg, _ = load_model(ckpts["sr"], device="cpu")
@@ -310,6 +312,7 @@ def test_cascade_order_and_aug_level_errors(ckpts, tmp_path):
     assert res.returncode == 2 and "trained with noise_aug=none" in res.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_a_cascade_at_its_final_resolution(ckpts, tmp_path):
     overrides = [
         f"ckpt=[{ckpts['base']},{ckpts['sr']}]",

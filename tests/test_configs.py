@@ -62,7 +62,7 @@ def test_loggers(option, tmp_path):
     cfg = compose_cfg([f"logger={option}"])
     loggers = instantiate(cfg.logger, save_dir=str(tmp_path), tags=["cond=cross_attn"])
     names = sorted(type(lg).__name__ for lg in loggers)
-    assert names == {"wandb": ["CSVLogger", "WandbLogger"], "csv": ["CSVLogger"], "none": []}[option]
+    assert names == {"wandb": ["ResumingCSVLogger", "WandbLogger"], "csv": ["ResumingCSVLogger"], "none": []}[option]
     for lg in loggers:
         lg.log_metrics({"train/loss": 1.0}, step=0)
         lg.finalize("success")

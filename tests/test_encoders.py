@@ -403,6 +403,7 @@ def _keys(obj, prefix: str = "") -> list[str]:
     return []
 
 
+@pytest.mark.slow
 def test_t5_run_checkpoint_has_no_encoder_and_names_it(tiny_dirs, tmp_path, monkeypatch):
     """`python train.py encoder=t5_small encoder.path=...`, run in this process (runpy: Hydra's own entry point)."""
     run_dir = tmp_path / "run"
@@ -501,14 +502,16 @@ def test_missing_encoder_path_names_it(family, tmp_path):
 
 # ------------------------------------------------------------------ 7. every (encoder, cond) composes
 def test_every_encoder_and_cond_composes():
-    for encoder in ALL_ENCODERS:
-        for cond in CONDS:
-            cfg = compose_cfg([f"encoder={encoder}", f"cond={cond}"])
-            node = OmegaConf.to_container(cfg.encoder, resolve=True)
-            assert node["_target_"] == "imagen.text.encoder.FrozenTextEncoder" and node["name"]
-            assert cfg.cond._target_.startswith("imagen.models.text_conditioning.")
-            flat = model_config(cfg)
-            assert flat["encoder.name"] == node["name"] and "encoder.path" not in flat
+    """Every encoder option with one conditioning and every conditioning with one encoder (the two groups own
+    disjoint keys; the trained encoder x cond matrix is `test_every_encoder_and_cond_trains_a_step`)."""
+    pairs = [(e, CONDS[0]) for e in ALL_ENCODERS] + [(ALL_ENCODERS[0], c) for c in CONDS[1:]]
+    for encoder, cond in pairs:
+        cfg = compose_cfg([f"encoder={encoder}", f"cond={cond}"])
+        node = OmegaConf.to_container(cfg.encoder, resolve=True)
+        assert node["_target_"] == "imagen.text.encoder.FrozenTextEncoder" and node["name"]
+        assert cfg.cond._target_.startswith("imagen.models.text_conditioning.")
+        flat = model_config(cfg)
+        assert flat["encoder.name"] == node["name"] and "encoder.path" not in flat
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from test_encoders import _clip_tokenizer
 from imagen.checkpoint import flatten, load_model
 from imagen.eval.drawbench import DrawBenchEval, load_drawbench
 from imagen.eval.features import InceptionFeatures, ShapesFeatures
-from imagen.eval.metrics import FidKid, clip_score, clip_score_metric, saturation
+from imagen.eval.metrics import FidKid, clip_score, clip_score_metric, saturation, to_unit
 from imagen.eval.pareto import read_metrics
 from imagen.eval.shapes_eval import ShapesEval
 from imagen.run import run
@@ -229,8 +229,21 @@ def tiny_clip(tmp_path_factory) -> Path:
 def test_clip_score_through_torchmetrics_with_a_local_model(tiny_clip):
     metric = clip_score_metric(str(tiny_clip))
     images = _world_images(4, 0)
-    score = clip_score(metric, images, ["a red circle", "two blue squares", "a green triangle", "one square"])
-    assert -100.0 <= score <= 100.0 and score == score
+    captions = ["a red circle", "two blue squares", "a green triangle", "one square"]
+    score = clip_score(metric, images, captions)
+    # Independently: CLIP's projected embeddings of the processed inputs, 100 x cosine averaged, clipped at 0.
+    model, processor = (
+        transformers.CLIPModel.from_pretrained(tiny_clip),
+        transformers.CLIPProcessor.from_pretrained(tiny_clip),
+    )
+    pixels = [(to_unit(im) * 255).to(torch.uint8) for im in images]
+    inputs = processor(text=captions, images=pixels, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        img = model.visual_projection(model.vision_model(pixel_values=inputs["pixel_values"]).pooler_output)
+        text = model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        txt = model.text_projection(text.pooler_output)
+    expected = (100 * torch.nn.functional.cosine_similarity(img, txt)).mean().clamp(min=0)
+    assert score == pytest.approx(float(expected), abs=1e-3)
     with pytest.raises(OSError, match="eval.clip"):
         clip_score_metric(str(tiny_clip.parent / "missing_clip"))
 
@@ -371,6 +384,7 @@ def test_evaluate_on_webdataset_shards_uses_their_images_as_reference(ckpt, tmp_
         )
 
 
+@pytest.mark.slow
 def test_benchmark_script_times_sampling_and_training(capsys):
     import benchmark
 

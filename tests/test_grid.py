@@ -133,6 +133,7 @@ def test_sample_grid_at_end_can_be_turned_off(tmp_path):
     assert [s for s, _ in module.seen] == [2, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["shapes", "webdataset"])
 def test_tiny_run_ends_with_a_grid(tmp_path, data, request):
     """`max_steps` not a multiple of `val_check_interval` (3 vs 2): the run still ends with step_000003.png; a

@@ -142,6 +142,9 @@ def test_label_components_four_connectivity_and_colours():
 def test_judge_is_hydra_instantiable():
     cfg = {"_target_": "imagen.eval.judge.Judge", "colors": ["red", "blue"], "shapes": ["circle"], "margin": 0.1}
     judge = instantiate(cfg)
-    assert judge.colors == ("red", "blue") and judge.margin == 0.1
+    assert isinstance(judge, Judge) and judge.colors == ("red", "blue")
+    img = ShapesWorld(resolution=32).render([_obj("red", "circle", 0.5, 0.5, 0.4)])
+    red, blue = ({"type": "binding", "color": c, "shape": "circle"} for c in ("red", "blue"))
+    assert judge.judge(img, [red])["correct"] is True and judge.judge(img, [blue])["correct"] is False
     with pytest.raises(ValueError, match="unknown colours"):
         Judge(colors=["pink"])

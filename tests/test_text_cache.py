@@ -97,6 +97,7 @@ def test_cached_embeddings_equal_the_encoders(cached):
     assert written <= {".tar", ".json", ".safetensors"}, written
 
 
+@pytest.mark.slow
 def test_train_with_cache_never_builds_the_encoder(cached, monkeypatch):
     root, _, _ = cached
 

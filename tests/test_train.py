@@ -91,6 +91,7 @@ def test_train_checkpoint_grid_and_resume(tmp_path, capsys):
     assert "unet.channels: checkpoint 32 vs run 16" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_on_webdataset_shards(tmp_path):
     """`data=webdataset` reads img2dataset-layout shards through the same pipeline (here: shapes shards)."""
     from imagen.data.shapes import ShapesWorld

@@ -23,6 +23,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imagen.lightning.callbacks import LogRunConfig
+from imagen.lightning.checkpoint_io import unreadable
 from imagen.lightning.module import ImagenModule
 from imagen.text.cache import TextCache
 
@@ -72,6 +73,12 @@ def check_resume(cfg: DictConfig) -> None:
     """A resumed checkpoint must have been trained with this run's model config: name the keys that differ."""
     if cfg.ckpt_path is None:
         return
+    problem = unreadable(cfg.ckpt_path)
+    if problem is not None:
+        raise ValueError(
+            f"ckpt_path {cfg.ckpt_path} cannot be read ({problem}): it is truncated or corrupt; resume from an "
+            "earlier checkpoint of its folder (step_*.ckpt)"
+        )
     saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("imagen_model_config", {})
     current = model_config(cfg)
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))

@@ -4,7 +4,8 @@
 Every checkpoint carries the run's resolved config (`imagen_config`, written by ImagenModule) next to the
 weights, so `scripts/sample.py ckpt=...` needs no training config. The EMA weights (Lightning's
 EMA callback, a WeightAveraging, saves them as `state_dict`, the raw weights as `current_model_state`) are the default:
-they are what the paper samples with. Loading is `weights_only=True`: a checkpoint cannot run code.
+they are what the paper samples with. A checkpoint cannot run code: loading is `weights_only=True`, and its stored
+config may name only the classes of imagen.safe_targets' allow-list, checked before anything is built.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from imagen.build import build_module, instantiate
 from imagen.cascade.cascade import Cascade, StageSettings, check_chain
 from imagen.config import conf_dir
 from imagen.lightning.module import ImagenModule
+from imagen.safe_targets import check_stored_config
 
 
 def resolve_device(device: str) -> torch.device:
@@ -43,16 +45,23 @@ def flatten(overrides: Any) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict (tensors + plain data only); a missing file or one without a config is one line."""
+    """The checkpoint dict (tensors + plain data only); a missing file, one without a config or one whose config names
+    a class outside imagen.safe_targets' allow-list (or holds an interpolation) is one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (give ckpt=RUN/checkpoints/last.ckpt)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if "imagen_config" not in ckpt or not ckpt["imagen_config"]:
+    if not isinstance(ckpt, dict) or "imagen_config" not in ckpt or not ckpt["imagen_config"]:
         raise ValueError(
             f"checkpoint {path} has no `imagen_config` (written by train.py): "
             "it cannot be rebuilt without its training config; re-save it from a current run"
         )
+    if not isinstance(ckpt["imagen_config"], dict):  # OmegaConf.create would parse a string as YAML
+        raise ValueError(
+            f"checkpoint {path}: its `imagen_config` is a {type(ckpt['imagen_config']).__name__}, not a mapping: "
+            "re-save it from a current run"
+        )
+    check_stored_config(ckpt["imagen_config"], f"checkpoint {path}")
     return ckpt
 
 
@@ -65,12 +74,14 @@ def load_model(
     this machine, e.g. {"encoder.path": "/models/t5-v1_1-xxl"}; keys that change
     the weights' shapes make loading fail with the first mismatching tensor named.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path)  # refuses a stored config naming a class outside the allow-list
     cfg = OmegaConf.create(ckpt["imagen_config"])
     OmegaConf.set_struct(cfg, False)
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=True)
     cfg.text = OmegaConf.load(conf_dir() / "text" / "online.yaml")  # sampling encodes any prompt: the encoder itself
+    with_overrides = f" with overrides {dict(overrides)}" if overrides else ""
+    check_stored_config(cfg, f"checkpoint {path}{with_overrides}")  # what is built is checked too
     module = build_module(cfg)
     has_ema = "current_model_state" in ckpt
     state = ckpt["state_dict"] if (ema or not has_ema) else ckpt["current_model_state"]
@@ -117,12 +128,11 @@ def per_stage(value: Any, n: int, name: str, what: str = "stage") -> list:
 
 
 def thresholding_config(name: str) -> DictConfig:
-    """conf/thresholding/NAME.yaml, or an error listing the options."""
-    path = conf_dir() / "thresholding" / f"{name}.yaml"
-    if not path.is_file():
-        valid = sorted(p.stem for p in (conf_dir() / "thresholding").glob("*.yaml"))
+    """conf/thresholding/NAME.yaml, or an error listing the options (a name, never a path to another YAML file)."""
+    valid = sorted(p.stem for p in (conf_dir() / "thresholding").glob("*.yaml"))
+    if name not in valid:
         raise ValueError(f"unknown thresholding {name!r} in stage_thresholding; valid: {valid}")
-    return OmegaConf.load(path)
+    return OmegaConf.load(conf_dir() / "thresholding" / f"{name}.yaml")
 
 
 def load_cascade(cfg: DictConfig) -> tuple[Cascade, list[DictConfig], list[dict]]:
@@ -145,7 +155,8 @@ def load_cascade(cfg: DictConfig) -> tuple[Cascade, list[DictConfig], list[dict]
     for name in thresholds:
         if name is not None:
             thresholding_config(name)
-    saved = [read_checkpoint(path)["imagen_config"] for path in ckpts]  # the chain is checked before loading
+    # Every stage's stored config passes the allow-list (read_checkpoint) and the chain is checked before loading.
+    saved = [read_checkpoint(path)["imagen_config"] for path in ckpts]
     check_chain(ckpts, [c.get("stage", {}).get("low_res_size") for c in saved], [c["image_size"] for c in saved])
     modules, configs, infos, settings = [], [], [], []
     for i, path in enumerate(ckpts):

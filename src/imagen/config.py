@@ -49,13 +49,11 @@ def swept_keys(sweep_dir: str | Path) -> set[str] | None:
         return None
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    saved = OmegaConf.load(path)
-    keys = {
-        o.key_or_group
-        for o in OverridesParser.create().parse_overrides(list(saved.hydra.overrides.task))
-        if o.is_sweep_override()
-    }
-    return keys | set((saved.hydra.get("sweeper") or {}).get("params") or {})
+    # Unresolved: an interpolation in the file must not call a resolver (some import modules).
+    hydra = OmegaConf.to_container(OmegaConf.load(path), resolve=False).get("hydra") or {}
+    task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
+    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()}
+    return keys | set((hydra.get("sweeper") or {}).get("params") or {})
 
 
 EXCLUDED_FROM_DIRNAME = ("experiment", "skip_completed")

@@ -19,6 +19,7 @@ from imagen.config import hydra_choices
 from imagen.lab.final_eval import plan as plan_final_eval
 from imagen.lab.final_eval import run_final_eval
 from imagen.lab.job import JobRecord, global_rank, isolated_environment, read_record
+from imagen.lightning.checkpoint_io import resume_checkpoint
 from imagen.lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,9 @@ def run(cfg: DictConfig) -> float | None:
 def _train_and_evaluate(
     cfg: DictConfig, run_dir: Path, record: JobRecord, choices: dict[str, str], resume: bool = True
 ) -> float | None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if (
-        resume and is_multirun() and cfg.ckpt_path is None and last.is_file()
-    ):  # an interrupted, failed or requeued sweep job resumes
+    # An interrupted, failed or requeued sweep job resumes from its newest intact checkpoint.
+    last = resume_checkpoint(run_dir / "checkpoints") if resume and is_multirun() and cfg.ckpt_path is None else None
+    if last is not None:
         log.info("resuming %s from %s", run_dir, last)
         cfg = cfg.copy()
         cfg.ckpt_path = str(last)

@@ -8,6 +8,10 @@ training batches also carry the precomputed ``text_emb`` (B, L, D) and ``text_ma
 
 The training loader is infinite (see :mod:`imagen.data.pipeline`): drive the Trainer with ``max_steps``
 and, for validation, an integer ``val_check_interval`` with ``check_val_every_n_epoch=None``.
+
+Checkpoints hold where the training stream stands (Lightning saves a datamodule's ``state_dict``): per DDP rank, the
+batches training consumed and each dataloader worker's next sample, so a resumed run reads exactly the batches the
+interrupted run would have read next (the replay is described in :mod:`imagen.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .pipeline import collate_samples, expand_urls, make_pipeline
@@ -90,13 +95,66 @@ def _loader(dataset: Any, batch_size: int, num_workers: int, training: bool) -> 
 
 
 class _ShardDataModule(pl.LightningDataModule):
-    """What both datamodules share: the infinite training loader over ``train_pipeline`` and the
-    validation loader of eval prompts. Subclasses define ``setup``, ``train_urls`` and ``eval_prompts``."""
+    """What both datamodules share: the infinite training loader over ``train_pipeline``, its position in the
+    checkpoints, and the validation loader of eval prompts. Subclasses define ``setup``, ``train_urls`` and
+    ``eval_prompts``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._consumed: dict[str, Any] = {"batches": 0, "next": {}}  # this rank's training stream, as consumed
+        self._resume: list[dict[str, Any]] | None = None  # every rank's, from the checkpoint being resumed
 
     def train_dataloader(self) -> DataLoader:
         if self.train_pipeline is None:
             self.setup("fit")
+        self._resume_stream()
         return _loader(self.train_pipeline, self.batch_size, self.num_workers, training=True)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches carry ``stream`` (worker, ordinal of the last sample; pipeline.collate_samples): record
+        it as consumed and drop it. Lightning calls this for the batch a step trains on, not for prefetched ones."""
+        stream = batch.pop("stream", None) if isinstance(batch, dict) else None
+        if stream is not None:
+            worker, ordinal = stream
+            self._consumed["next"][int(worker)] = int(ordinal) + 1
+            self._consumed["batches"] += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"stream": one entry per rank}: {"workers", "batches", "next": {worker: ordinal}}. Lightning calls it on
+        every rank when it saves a checkpoint (rank 0 writes), so the ranks' positions are gathered here."""
+        consumed = self._consumed
+        mine = {"workers": max(self.num_workers, 1), "batches": consumed["batches"], "next": dict(consumed["next"])}
+        if dist.is_available() and dist.is_initialized():
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+            return {"stream": ranks}
+        return {"stream": [mine]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = state_dict.get("stream")
+
+    def _resume_stream(self) -> None:
+        """Position the training pipeline where the resumed checkpoint's stream stood (before any worker starts)."""
+        ranks, self._resume = self._resume, None
+        if not ranks:
+            return
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+        workers = max(self.num_workers, 1)
+        if len(ranks) != world or ranks[rank]["workers"] != workers:
+            log.warning(
+                "the checkpoint's data stream was read by %d rank(s) x %d worker(s), this run has %d x %d: the data "
+                "order restarts from its beginning (resume with the same devices and data.num_workers to continue it "
+                "exactly)",
+                len(ranks),
+                ranks[0]["workers"],
+                world,
+                workers,
+            )
+            return
+        mine = ranks[rank]
+        self.train_pipeline.position.resume(mine["batches"], workers, mine["next"])
+        self._consumed = {"batches": mine["batches"], "next": dict(mine["next"])}
 
     def val_dataloader(self) -> DataLoader:
         """The held-out eval prompts, each repeated ``eval_repeats`` times: the validation loop samples them

@@ -2,8 +2,9 @@
 
 Stages (a ``wds.DataPipeline``, i.e. a torch ``IterableDataset``)::
 
-    ShardList -> split_by_node -> split_by_worker -> tarfile_to_samples(select_files=wanted members)
-              -> CountUsable -> [BufferShuffle (training)] -> DecodeSamples (PIL / utf-8 / json, resize + crop)
+    ShardList -> split_by_node -> WorkerSplit -> tarfile_to_samples(select_files=wanted members)
+              -> CountUsable -> [BufferShuffle (training)] -> SkipConsumed
+              -> DecodeSamples (PIL / utf-8 / json, resize + crop)
 
 Each sample out: ``{"image": Tensor(3, H, W) in [-1, 1], "caption": str, "key": str, "meta": dict | None}``;
 :func:`collate_samples` batches them. With a text cache (Imagen §2.1, :mod:`imagen.text.cache`), a stage
@@ -29,6 +30,16 @@ ordered pass over the shards (no shuffling). Every stage is splittable: shards a
 and then dataloader workers; a worker or rank with no shard simply yields nothing (no empty check), so
 3 workers over 2 shards is fine. In infinite mode every worker gets shards, as the repeated list is split.
 No flips or other augmentations: they would break left/right captions.
+
+Exact resume (a :class:`StreamPosition` shared by the stages): every sample a worker yields has an ordinal in that
+worker's stream, carried to the batch as ``batch["stream"] = (worker, ordinal of its last sample)``; the datamodule
+records the ordinals of the batches training consumed and saves them in the checkpoint. A resumed pipeline replays
+each worker's stream from its start -- the same shard order and shuffle buffer, since both are seeded -- and skips
+the consumed samples before decoding them, then goes on exactly where the interrupted run was. Replay rather than a
+saved shuffle buffer: the buffer holds up to ``shuffle_buffer`` encoded samples per worker, too much for a
+checkpoint, while reading a tar member without decoding it is cheap; the cost is reading the consumed part of the
+stream again (raw bytes, no decode) when a run resumes. Workers are renumbered on resume (``rotation``) so that the
+first batch comes from the worker whose turn it was: a DataLoader takes batches from its workers in turn.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ __all__ = [
     "NodeSplit",
     "ShardList",
     "SkipCounter",
+    "StreamPosition",
     "collate_samples",
     "decode_caption",
     "expand_urls",
@@ -320,6 +332,8 @@ class DecodeSamples:
                 self.counter.add("bad_meta", key, url, e)
         self.counter.ok()
         out = {"image": image, "caption": caption, "key": str(key), "meta": meta}
+        if "__pos__" in raw:  # the stream position (SkipConsumed): for an exact resume
+            out["pos"] = raw["__pos__"]
         if "text_emb" in raw:  # attached from the text cache (never a tar member: see _wanted_member)
             out["text_emb"] = raw["text_emb"]
         return out
@@ -359,14 +373,64 @@ class CountUsable:
             yield raw
 
 
-class BufferShuffle:
-    """Pipeline stage: shuffle buffer seeded by (seed, rank, worker, run); reproducible per worker."""
+class StreamPosition:
+    """Where each dataloader worker's training stream resumes (see the module docstring: exact resume).
 
-    def __init__(self, bufsize: int, seed: int) -> None:
-        self.bufsize, self.seed, self.runs = bufsize, seed, 0
+    ``rotation``: physical worker ``p`` plays logical worker ``(p + rotation) % num_workers`` -- its shards, its
+    shuffle seed, its stream; ``next``: {logical worker: ordinal of the first sample to yield}. A worker gets a copy
+    of this object when its iterator starts, so :meth:`resume` must come before the loader is iterated."""
+
+    def __init__(self) -> None:
+        self.rotation, self.next = 0, {}
+
+    def resume(self, batches: int, num_workers: int, next_ordinals: dict[int, int]) -> None:
+        """Continue after `batches` consumed batches, the workers' streams at `next_ordinals`."""
+        self.rotation = batches % max(num_workers, 1)
+        self.next = {int(w): int(n) for w, n in next_ordinals.items()}
+
+    def worker(self) -> tuple[int, int]:
+        """(this process's logical worker, number of workers); (0, 1) outside dataloader workers."""
+        _, _, worker, num_workers = wds.utils.pytorch_worker_info()
+        return (worker + self.rotation) % num_workers, num_workers
+
+
+class WorkerSplit:
+    """Pipeline stage: this (logical) worker's share of the shards, every num_workers-th from its index."""
+
+    def __init__(self, position: StreamPosition) -> None:
+        self.position = position
 
     def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        worker, num_workers = self.position.worker()
+        yield from itertools.islice(src, worker, None, num_workers)
+
+
+class SkipConsumed:
+    """Pipeline stage: number the worker's raw samples (``__pos__`` = (worker, ordinal)) and drop, undecoded, those
+    before the resume point (once: a later iteration of the same pipeline starts a new stream)."""
+
+    def __init__(self, position: StreamPosition) -> None:
+        self.position = position
+
+    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        worker, _ = self.position.worker()
+        start = self.position.next.pop(worker, 0)
+        for ordinal, raw in enumerate(src):
+            if ordinal >= start:
+                raw["__pos__"] = (worker, ordinal)
+                yield raw
+
+
+class BufferShuffle:
+    """Pipeline stage: shuffle buffer seeded by (seed, rank, logical worker, run); reproducible per worker."""
+
+    def __init__(self, bufsize: int, seed: int, position: StreamPosition | None = None) -> None:
+        self.bufsize, self.seed, self.runs = bufsize, seed, 0
+        self.position = position or StreamPosition()
+
+    def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
+        rank, _, _, _ = wds.utils.pytorch_worker_info()
+        worker, _ = self.position.worker()
         self.runs += 1
         rng = random.Random(f"samples:{self.seed}:{rank}:{worker}:{self.runs}")
         buf: list[Any] = []
@@ -394,7 +458,7 @@ def make_pipeline(
     epoch_samples: int | None = None,
     check_local: bool = True,
     node_splitter: Callable[[Iterable[Any]], Iterable[Any]] | str | None = "auto",
-    worker_splitter: Callable[[Iterable[Any]], Iterable[Any]] | None = wds.split_by_worker,
+    worker_splitter: Callable[[Iterable[Any]], Iterable[Any]] | str | None = "auto",
     text_cache: Any = None,
 ) -> wds.DataPipeline:
     """Build the reading pipeline -> ``wds.DataPipeline`` (an IterableDataset) with ``.skipped`` and ``.urls``.
@@ -409,7 +473,7 @@ def make_pipeline(
         epoch_samples: if set, ``.with_epoch(epoch_samples)`` (samples per worker per epoch).
         check_local: raise FileNotFoundError for missing local shards now, not mid-training.
         node_splitter / worker_splitter: shard splitting across DDP ranks / dataloader workers; "auto" is
-            :class:`NodeSplit`, None disables splitting.
+            :class:`NodeSplit` / :class:`WorkerSplit`, None disables splitting.
         text_cache: a :class:`imagen.text.cache.TextCache` of these shards: attach the precomputed embeddings.
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
@@ -421,29 +485,35 @@ def make_pipeline(
     shard_urls = expand_urls(urls, check_local=check_local)
     counter = SkipCounter()
     shard_shuffle = training if shard_shuffle is None else shard_shuffle
+    position = StreamPosition()
     stages: list[Any] = [ShardList(shard_urls, shuffle=shard_shuffle, seed=seed, repeat=training, counter=counter)]
     if node_splitter == "auto":
         node_splitter = NodeSplit()
+    if worker_splitter == "auto":
+        worker_splitter = WorkerSplit(position)
     stages += [s for s in (node_splitter, worker_splitter) if s is not None]
     stages.append(wds.tarfile_to_samples(handler=counter.handle_shard_error, select_files=_wanted_member))
     stages.append(CountUsable(counter))
     if text_cache is not None:  # before the shuffle buffer: one shard's cache file open at a time
         stages.append(text_cache.attach())
     if training and shuffle_buffer > 1:
-        stages.append(BufferShuffle(shuffle_buffer, seed))
+        stages.append(BufferShuffle(shuffle_buffer, seed, position))
+    if training:
+        stages.append(SkipConsumed(position))
     stages.append(DecodeSamples(resolution, counter))
     pipeline = wds.DataPipeline(*stages)
     if epoch_samples is not None:
         pipeline = pipeline.with_epoch(epoch_samples)
     pipeline.skipped = counter
     pipeline.urls = shard_urls
+    pipeline.position = position
     return pipeline
 
 
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """List of pipeline samples -> {"image": (B, 3, H, W), "caption": [str], "key": [str], "meta": [dict|None]},
     plus ``text_emb`` (B, L, D) float32 zero-padded and ``text_mask`` (B, L) bool when the samples have cached
-    embeddings."""
+    embeddings, and ``stream`` (worker, ordinal of the last sample) for training samples (one worker per batch)."""
     if not samples:
         raise ValueError("collate_samples got an empty batch")
     batch = {
@@ -454,4 +524,6 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if "text_emb" in samples[0]:
         batch["text_emb"], batch["text_mask"] = pad_rows([s["text_emb"] for s in samples])
+    if "pos" in samples[-1]:
+        batch["stream"] = samples[-1]["pos"]
     return batch

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_only
 
+from .checkpoint_io import AtomicCheckpointIO
 from .grid import caption_grid, save_png
 
 
@@ -112,7 +115,8 @@ class EMA(WeightAveraging):
 class Checkpoints(ModelCheckpoint):
     """Lightning's ModelCheckpoint as the lab uses it: `step_XXXXXXX.ckpt` every `every_n_train_steps`, all kept,
     `last.ckpt`, and a checkpoint of the final step even when max_steps is not a multiple of the interval (Lightning
-    skips it then), so a finished run's `last.ckpt` is its final model."""
+    skips it then), so a finished run's `last.ckpt` is its final model. Files are written atomically
+    (:class:`~imagen.lightning.checkpoint_io.AtomicCheckpointIO`): a kill never leaves a truncated checkpoint."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500):
         if every_n_train_steps < 1:
@@ -126,6 +130,11 @@ class Checkpoints(ModelCheckpoint):
             auto_insert_metric_name=False,
         )
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make it atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         final = Path(self.dirpath) / f"step_{trainer.global_step:07d}.ckpt"
@@ -138,3 +147,20 @@ class Checkpoints(ModelCheckpoint):
 def batch_size(batch: dict) -> int:
     """Samples in a batch, for ThroughputMonitor (a named function: ddp_spawn pickles the callbacks)."""
     return len(batch["caption"])
+
+
+class StepSeed(pl.Callback):
+    """Seeds torch's generators before every training batch from (seed, rank, step, micro-batch): the random draws of
+    a step (t, the noise, the CFG text drop, dropout) depend on where training is, not on what ran before, so a run
+    resumed from a checkpoint draws exactly what the interrupted run would have, although the validation, a new
+    dataloader iterator or the sanity check in between (all draw from the global generator) differ. Each rank draws
+    its own numbers. A seed schedule rather than saved generator states: nothing to gather from the ranks and
+    nothing to restore at the right moment."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        micro = batch_idx % max(int(trainer.accumulate_grad_batches), 1)
+        entropy = [self.seed, trainer.global_rank, trainer.global_step, micro]
+        torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))

@@ -23,13 +23,13 @@ from torch import Tensor, nn
 
 from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
-from imagen.models.text_conditioning import TextConditioning
-from imagen.models.unet import UNetStage, add_inputs, condition, network_input, output_head, validate_args
+from imagen.models.text_conditioning import TextCond, TextConditioning
+from imagen.models.unet import ConditionalUNet, UNetStage, output_head, validate_args
 
 SKIP_SCALE = 2**-0.5
 
 
-class EfficientUNet(nn.Module):
+class EfficientUNet(ConditionalUNet):
     """Efficient U-Net (App. B.1). `num_res_blocks`: one count per level of `channel_mult` (or one for all)."""
 
     def __init__(
@@ -72,7 +72,7 @@ class EfficientUNet(nn.Module):
         self.image_size, self.skip_scale = image_size, skip_scale
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
         context_dim = embed_dim if self.text_cond.has_tokens else None
-        add_inputs(self, in_channels, lowres_channels, channels, embed_dim)
+        self.add_inputs(in_channels, lowres_channels, channels, embed_dim)
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
@@ -107,23 +107,11 @@ class EfficientUNet(nn.Module):
 
         self.out = output_head(ch, groups, out_channels)
 
-    def forward(
-        self,
-        x: Tensor,
-        t: Tensor,
-        text_emb: Tensor,
-        text_mask: Tensor,
-        lowres: Tensor | None = None,
-        aug_level: Tensor | None = None,
-    ) -> Tensor:
-        # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
-        # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
-        emb, cond = condition(self, t, text_emb, text_mask, aug_level)  # (B, E), text
-        h = network_input(self, x, lowres)
+    def body(self, h: Tensor, emb: Tensor, cond: TextCond) -> Tensor:
         skips = []
         for stage in self.down:
             h = stage(h, emb, cond)
             skips.append(h)  # one skip per block, at the block's (lower) resolution
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop() * self.skip_scale], dim=1), emb, cond)
-        return self.out(h)  # (B, C_out, H, W)
+        return h

@@ -47,42 +47,6 @@ def output_head(channels: int, groups: int, out_channels: int) -> nn.Sequential:
     return head
 
 
-def condition(
-    net: nn.Module, t: Tensor, text_emb: Tensor, text_mask: Tensor, aug_level: Tensor | None = None
-) -> tuple[Tensor, TextCond]:
-    """The U-Nets' shared conditioning: (emb (B, E) = time embedding + pooled text vector (§2.5)
-    [+ the noise-augmentation level's embedding, SR stages (§2.4)], the text)."""
-    cond = net.text_cond(text_emb, text_mask)
-    emb = net.time_embed(t)  # (B, E)
-    if cond.pooled is not None:
-        emb = emb + cond.pooled
-    if net.aug_embed is not None:
-        if aug_level is None:
-            raise ValueError("a super-resolution U-Net needs aug_level (B,) with its low-resolution image")
-        emb = emb + net.aug_embed(aug_level)
-    return emb, cond
-
-
-def network_input(net: nn.Module, x: Tensor, lowres: Tensor | None) -> Tensor:
-    """The input convolution over the noisy image [+ the upsampled low-resolution image, channel-concatenated
-    (§2.4)]: (B, channels, H, W)."""
-    if (lowres is None) != (net.lowres_channels == 0):
-        raise ValueError(
-            f"this U-Net takes {net.lowres_channels} low-resolution channels, got "
-            f"{'none' if lowres is None else lowres.shape[1]}"
-        )
-    return net.input_conv(x if lowres is None else torch.cat([x, lowres], dim=1))
-
-
-def add_inputs(net: nn.Module, in_channels: int, lowres_channels: int, channels: int, embed_dim: int) -> None:
-    """The U-Nets' shared input layers: the time embedding, the input convolution, and for SR stages the
-    aug_level embedding (embedded like the time, §2.4)."""
-    net.lowres_channels = lowres_channels
-    net.time_embed = TimestepEmbedding(channels, embed_dim)
-    net.aug_embed = TimestepEmbedding(channels, embed_dim) if lowres_channels else None
-    net.input_conv = nn.Conv2d(in_channels + lowres_channels, channels, 3, padding=1)
-
-
 def validate_args(
     image_size: int,
     channels: int,
@@ -127,7 +91,64 @@ def validate_args(
     return reachable
 
 
-class UNet(nn.Module):
+class ConditionalUNet(nn.Module):
+    """What both U-Nets share: the input layers, the conditioning (§2.4, §2.5) and the call. A subclass calls
+    `add_inputs` and sets `self.out`, and defines `body`: its down, middle and up paths."""
+
+    def add_inputs(self, in_channels: int, lowres_channels: int, channels: int, embed_dim: int) -> None:
+        """The time embedding, the input convolution, and for SR stages the aug_level embedding (embedded like
+        the time, §2.4)."""
+        self.lowres_channels = lowres_channels
+        self.time_embed = TimestepEmbedding(channels, embed_dim)
+        self.aug_embed = TimestepEmbedding(channels, embed_dim) if lowres_channels else None
+        self.input_conv = nn.Conv2d(in_channels + lowres_channels, channels, 3, padding=1)
+
+    def condition(
+        self, t: Tensor, text_emb: Tensor, text_mask: Tensor, aug_level: Tensor | None = None
+    ) -> tuple[Tensor, TextCond]:
+        """(emb (B, E) = time embedding + pooled text vector (§2.5) [+ the noise-augmentation level's embedding,
+        SR stages (§2.4)], the text)."""
+        cond = self.text_cond(text_emb, text_mask)
+        emb = self.time_embed(t)  # (B, E)
+        if cond.pooled is not None:
+            emb = emb + cond.pooled
+        if self.aug_embed is not None:
+            if aug_level is None:
+                raise ValueError("a super-resolution U-Net needs aug_level (B,) with its low-resolution image")
+            emb = emb + self.aug_embed(aug_level)
+        return emb, cond
+
+    def network_input(self, x: Tensor, lowres: Tensor | None) -> Tensor:
+        """The input convolution over the noisy image [+ the upsampled low-resolution image, channel-concatenated
+        (§2.4)]: (B, channels, H, W)."""
+        if (lowres is None) != (self.lowres_channels == 0):
+            raise ValueError(
+                f"this U-Net takes {self.lowres_channels} low-resolution channels, got "
+                f"{'none' if lowres is None else lowres.shape[1]}"
+            )
+        return self.input_conv(x if lowres is None else torch.cat([x, lowres], dim=1))
+
+    def body(self, h: Tensor, emb: Tensor, cond: TextCond) -> Tensor:
+        """(B, channels, H, W) -> (B, C_last, H, W): the down, middle and up paths with their skips."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        lowres: Tensor | None = None,
+        aug_level: Tensor | None = None,
+    ) -> Tensor:
+        # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
+        # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
+        emb, cond = self.condition(t, text_emb, text_mask, aug_level)  # (B, E), text
+        h = self.network_input(x, lowres)  # (B, channels, H, W)
+        return self.out(self.body(h, emb, cond))  # (B, C_out, H, W)
+
+
+class UNet(ConditionalUNet):
     """Base 64x64 U-Net of Imagen (App. F.1), ADM-style; with `lowres_channels=3` the standard (non-efficient)
     super-resolution U-Net of the Efficient U-Net ablation (App. B.1)."""
 
@@ -158,7 +179,7 @@ class UNet(nn.Module):
         # Text pathway (§2.5): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
         context_dim = embed_dim if self.text_cond.has_tokens else None
-        add_inputs(self, in_channels, lowres_channels, channels, embed_dim)
+        self.add_inputs(in_channels, lowres_channels, channels, embed_dim)
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
@@ -198,19 +219,7 @@ class UNet(nn.Module):
 
         self.out = output_head(ch, groups, out_channels)
 
-    def forward(
-        self,
-        x: Tensor,
-        t: Tensor,
-        text_emb: Tensor,
-        text_mask: Tensor,
-        lowres: Tensor | None = None,
-        aug_level: Tensor | None = None,
-    ) -> Tensor:
-        # x (B, C_in, H, W); t (B,) in [0, 1]; text_emb (B, L, D_text); text_mask (B, L) bool
-        # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
-        emb, cond = condition(self, t, text_emb, text_mask, aug_level)  # (B, E), text
-        h = network_input(self, x, lowres)  # (B, channels, H, W)
+    def body(self, h: Tensor, emb: Tensor, cond: TextCond) -> Tensor:
         skips = [h]
         for stage in self.down:
             h = stage(h, emb, cond)
@@ -218,4 +227,4 @@ class UNet(nn.Module):
         h = self.middle(h, emb, cond)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, cond)
-        return self.out(h)  # (B, C_out, H, W)
+        return h
