@@ -18,7 +18,7 @@ from imagen.build import build_datamodule, build_module, build_trainer, check_co
 from imagen.config import hydra_choices
 from imagen.lab.final_eval import plan as plan_final_eval
 from imagen.lab.final_eval import run_final_eval
-from imagen.lab.job import JobRecord, global_rank, isolated_environment, read_record
+from imagen.lab.job import JobBusy, JobRecord, exclusive, global_rank, isolated_environment, read_record
 from imagen.lightning.checkpoint_io import resume_checkpoint
 from imagen.lightning.loggers import finish_wandb
 
@@ -43,6 +43,18 @@ def run(cfg: DictConfig) -> float | None:
     Inside a multirun a completed job is skipped, an interrupted or failed one resumes from its last checkpoint,
     and a failure is recorded and returned as None so the sweep goes on; a single run re-raises it."""
     run_dir = Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.run_dir)
+    try:
+        with exclusive(run_dir):
+            return _run_job(cfg, run_dir)
+    except JobBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        if not is_multirun():
+            sys.exit(2)
+        log.error("%s; the sweep goes on", err)
+        return None
+
+
+def _run_job(cfg: DictConfig, run_dir: Path) -> float | None:
     previous = read_record(run_dir)
     if is_multirun() and cfg.skip_completed and previous and previous.get("status") == "completed":
         log.info("skipping %s: completed on %s (skip_completed=false re-runs it)", run_dir, previous.get("finished"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from filelock import FileLock
 
 from .shapes import GENERATOR_VERSION, ShapesWorld
 
@@ -178,7 +179,9 @@ def ensure_shards(
     """Return cached shard paths in ``out_dir`` if its manifest matches, else (re)generate them.
 
     Generation writes into a sibling temporary directory, writes the manifest last, then renames it to
-    ``out_dir`` (replacing any stale cache). ``verify`` re-hashes cached files against the manifest.
+    ``out_dir`` (replacing any stale cache). ``verify`` re-hashes cached files against the manifest. Processes that
+    ask for the same folder at once (two runs, the ranks of a job) take turns on a file lock beside it: one
+    generates, the others find its cache.
     """
     _check_counts(n_samples, samples_per_shard, seed)
     out = Path(out_dir)
@@ -186,6 +189,16 @@ def ensure_shards(
     if cached is not None:
         return cached
     out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f".{out.name}.lock")):  # one generator at a time; the others then reuse its cache
+        cached = load_cached_shards(world, out, n_samples, samples_per_shard, seed, split, verify=verify)
+        if cached is not None:
+            return cached
+        return _generate(world, out, n_samples, samples_per_shard, seed, split, num_proc)
+
+
+def _generate(
+    world: ShapesWorld, out: Path, n_samples: int, samples_per_shard: int, seed: int, split: str, num_proc: int
+) -> list[str]:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out.parent / f".{out.name}.tmp-{tag}"
     log.info("generating %d %s shapes samples into %s", n_samples, split, out)

@@ -9,7 +9,10 @@ The record `<run_dir>/job.json` is what makes a sweep correct and restartable:
   and a failed or interrupted one resumes from its `checkpoints/last.ckpt` (also what a SLURM requeue does);
 - a failing job (out of memory, a non-finite loss, a bad config) is recorded and the sweep goes on;
 - each job restores the distributed variables (MASTER_PORT, RANK, ...) it started with, so those set by one
-  job never leak into the next job of the same process.
+  job never leak into the next job of the same process;
+- a job runs in one process at a time: rank 0 holds `<run_dir>/.job.lock` (an OS file lock, released when the
+  process ends, even by a kill) while the job runs, so the same sweep launched twice, or from two shells with
+  overlapping jobs, never writes two runs into one folder: the second process is refused that job.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 RECORD = "job.json"
+LOCK = ".job.lock"
+
+
+class JobBusy(RuntimeError):
+    """The job's folder is locked by another running process."""
 
 
 def global_rank() -> int:
@@ -36,6 +46,29 @@ def global_rank() -> int:
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     return 0
+
+
+@contextmanager
+def exclusive(run_dir: str | Path) -> Iterator[None]:
+    """Hold `<run_dir>/.job.lock` (global rank 0; the other ranks belong to the same job) for the job's duration;
+    JobBusy at once, naming the folder, when another process holds it."""
+    if global_rank() != 0:
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise JobBusy(
+            f"job {run_dir} is already running in another process (it holds {path}): it is not run twice; wait for "
+            "it, or stop it first"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def now() -> str:
