@@ -116,7 +116,8 @@ def test_datamodule_state_continues_the_stream_exactly(shards, workers):
 
     first = datamodule()
     batches = iter(first.train_dataloader())
-    consumed = [_keys(first.on_before_batch_transfer(next(batches), 0)) for _ in range(7)]
+    for _ in range(7):
+        first.on_before_batch_transfer(next(batches), 0)  # trained on
     prefetched = next(batches)  # fetched, never trained on
     state = first.state_dict()
     straight = [_keys(prefetched)] + [_keys(next(batches)) for _ in range(9)]
@@ -208,3 +209,15 @@ def test_resuming_from_a_corrupt_checkpoint_is_one_line(tmp_path, compose_config
     with pytest.raises(ValueError, match=r"cannot be read .*truncated or corrupt; resume from an earlier") as err:
         check_resume(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_a_resume_with_other_evaluation_levels_is_not_refused(tmp_path, compose_config):
+    """The evaluation's aug levels are not weight-defining (final_eval), the noise augmentation is."""
+    from imagen.build import model_config
+
+    cfg = compose_config(["experiment=noise_aug_tiny"])
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"imagen_model_config": model_config(cfg)}, ckpt)
+    check_resume(compose_config(["experiment=noise_aug_tiny", "final_eval.grid.aug_level=[0.1]", f"ckpt_path={ckpt}"]))
+    with pytest.raises(ValueError, match="noise_aug"):
+        check_resume(compose_config(["experiment=noise_aug_tiny", "noise_aug=none", f"ckpt_path={ckpt}"]))

@@ -128,3 +128,16 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert state["global_step"] == 2
     assert [p.name for p in (run_dir / "samples").glob("*.png")] == ["step_000002.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
+
+
+def test_progress_bar_counts_steps_toward_max_steps():
+    """The endless training epoch: the bar's total is max_steps and its count the global step (also after a resume)."""
+    from types import SimpleNamespace
+
+    from imagen.lightning.callbacks import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=30, max_epochs=-1, num_training_batches=float("inf"))
+    assert bar.total_train_batches == 30
+    bar._trainer.max_steps = -1
+    assert bar.total_train_batches == float("inf")

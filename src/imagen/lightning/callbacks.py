@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_only
 
 from .checkpoint_io import AtomicCheckpointIO
@@ -164,3 +164,21 @@ class StepSeed(pl.Callback):
         micro = batch_idx % max(int(trainer.accumulate_grad_batches), 1)
         entropy = [self.seed, trainer.global_rank, trainer.global_step, micro]
         torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar counting training steps toward `max_steps`: the training stream is one endless epoch
+    (imagen.data.pipeline), for which Lightning's default bar shows "Epoch 0/-2" and no total. A resumed run's bar
+    starts at the step it resumes from."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        steps = self.trainer.max_steps
+        return steps if steps > 0 else super().total_train_batches
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description("train steps")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
