@@ -20,6 +20,7 @@ from imagen.lab.final_eval import plan as plan_final_eval
 from imagen.lab.final_eval import run_final_eval
 from imagen.lab.job import JobBusy, JobRecord, exclusive, global_rank, isolated_environment, read_record
 from imagen.lightning.checkpoint_io import resume_checkpoint
+from imagen.lightning.data_report import data_report
 from imagen.lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def _train_and_evaluate(
     record.update(
         global_step=trainer.global_step,
         train_loss=loss,
+        data=data_report(trainer),
         train_seconds=round(train_seconds + (record.data.get("train_seconds") or 0.0) * bool(cfg.ckpt_path), 1),
     )
     if global_rank() != 0:  # SLURM: every task runs this function; rank 0 evaluates and records

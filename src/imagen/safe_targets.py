@@ -43,6 +43,7 @@ IMAGEN_MODULES = frozenset(
         "imagen.diffusion.schedule",  # schedule
         "imagen.diffusion.thresholding",  # thresholding
         "imagen.lightning.callbacks",  # callbacks, and batch_size_fn's get_method path
+        "imagen.lightning.data_report",  # callbacks.data_report
         "imagen.lightning.loggers",  # logger
         "imagen.lr_schedule",  # optim.lr_schedule
         "imagen.models.efficient_unet",  # unet (efficient variants)

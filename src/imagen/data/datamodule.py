@@ -9,6 +9,10 @@ training batches also carry the precomputed ``text_emb`` (B, L, D) and ``text_ma
 The training loader is infinite (see :mod:`imagen.data.pipeline`): drive the Trainer with ``max_steps``
 and, for validation, an integer ``val_check_interval`` with ``check_val_every_n_epoch=None``.
 
+Bad data: ``train_pipeline.skipped`` counts the samples read and the skipped ones (by reason and shard); the
+:class:`imagen.lightning.data_report.DataReport` callback reports them and stops training when more than
+``max_bad_fraction`` of the samples read is bad.
+
 Checkpoints hold where the training stream stands (Lightning saves a datamodule's ``state_dict``): per DDP rank, the
 batches training consumed and each dataloader worker's next sample, so a resumed run reads exactly the batches the
 interrupted run would have read next (the replay is described in :mod:`imagen.data.pipeline`).
@@ -17,6 +21,7 @@ interrupted run would have read next (the replay is described in :mod:`imagen.da
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,14 @@ from .pipeline import collate_samples, expand_urls, make_pipeline
 from .shapes import ShapesWorld
 from .shards import ensure_shards, load_cached_shards, split_dir
 
-__all__ = ["DEFAULT_WEB_EVAL_PROMPTS", "ShapesDataModule", "WebDataModule", "shard_captions"]
+__all__ = [
+    "DEFAULT_WEB_EVAL_PROMPTS",
+    "ShapesDataModule",
+    "WebDataModule",
+    "available_cpus",
+    "default_num_workers",
+    "shard_captions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,32 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"data.{name} must be a fraction in [0, 1] (e.g. 0.1 for 10 %), got {value!r}")
+    return float(value)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (containers, taskset, SLURM), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_num_workers(cap: int = 4) -> int:
+    """The dataloader workers of ``num_workers: null``: one CPU left to the training process, at most ``cap``
+    (2 CPUs -> 1 worker, 1 CPU -> 0: decode in the training process). Per process: under DDP each rank starts this
+    many, so set an explicit number when several ranks share a machine's CPUs."""
+    return max(0, min(cap, available_cpus() - 1))
+
+
+def _check_workers(value: Any) -> int:
+    """``num_workers``: None -> :func:`default_num_workers`, else an integer >= 0."""
+    return default_num_workers() if value is None else _check_int("num_workers", value, 0)
 
 
 def shard_captions(urls: str | Sequence[str], n: int, resolution: int = 8) -> list[str]:
@@ -170,9 +208,12 @@ class ShapesDataModule(_ShardDataModule):
         root: cache directory; splits live in ``root/{train,val}-<fingerprint[:12]>``.
         n_train / n_val: number of generated training / validation samples (n_val may be 0).
         samples_per_shard: samples per tar shard.
-        batch_size / num_workers: DataLoader settings (persistent workers when num_workers > 0).
+        batch_size / num_workers: DataLoader settings (persistent workers when num_workers > 0); ``num_workers=None``:
+            :func:`default_num_workers` (what the machine's CPUs allow).
         seed: generation seed (train and val use independent streams) and shuffling seed.
         shuffle_buffer: training sample shuffle buffer.
+        max_bad_fraction: training stops when more than this fraction of the samples read is bad (see
+            :class:`imagen.lightning.data_report.DataReport`); 1 never stops.
         gen_procs: processes used to generate shards in ``prepare_data``.
         eval_repeats: images per eval prompt in the validation sample grid.
     """
@@ -185,11 +226,12 @@ class ShapesDataModule(_ShardDataModule):
         n_val: int = 512,
         samples_per_shard: int = 1000,
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         seed: int = 0,
         shuffle_buffer: int = 1000,
         gen_procs: int = 1,
         eval_repeats: int = 4,
+        max_bad_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         self.world = ShapesWorld.from_config(world)
@@ -198,9 +240,10 @@ class ShapesDataModule(_ShardDataModule):
         self.n_val = _check_int("n_val", n_val, 0)
         self.samples_per_shard = _check_int("samples_per_shard", samples_per_shard, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.num_workers = _check_workers(num_workers)
         self.seed = _check_int("seed", seed, 0)
         self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
+        self.max_bad_fraction = _check_fraction("max_bad_fraction", max_bad_fraction)
         self.gen_procs = _check_int("gen_procs", gen_procs, 1)
         self.eval_repeats = _check_int("eval_repeats", eval_repeats, 1)
         self.resolution = self.world.resolution
@@ -212,9 +255,10 @@ class ShapesDataModule(_ShardDataModule):
                 "n_val": n_val,
                 "samples_per_shard": samples_per_shard,
                 "batch_size": batch_size,
-                "num_workers": num_workers,
+                "num_workers": self.num_workers,
                 "seed": seed,
                 "shuffle_buffer": shuffle_buffer,
+                "max_bad_fraction": self.max_bad_fraction,
             }
         )
         self.train_pipeline: Any = None
@@ -287,13 +331,16 @@ class WebDataModule(_ShardDataModule):
         urls: training shards: a list, a brace pattern ("/data/laion-{00000..00099}.tar"), ``pipe:`` or
             http(s) URLs. Local paths are checked in ``setup()`` (FileNotFoundError naming the path).
         resolution: output side in pixels (shorter side resized, centre crop).
-        batch_size / num_workers / shuffle_buffer / seed: loader and shuffling settings.
+        batch_size / num_workers / shuffle_buffer / seed: loader and shuffling settings; ``num_workers=None``
+            (the default): :func:`default_num_workers`, i.e. what the machine's CPUs allow, at most 4.
         eval_prompts: prompts for the sampling callback; None (default): the first ``n_eval_prompts`` distinct
             captions of the validation shards, or of the first training shard without ``val_urls`` (read once, when
             first asked for; :func:`shard_captions`), so every run's grid shows prompts of its own data.
         eval_repeats: images per eval prompt in the validation sample grid.
         val_urls: optional validation shards (one ordered pass); None -> no validation.
         n_eval_prompts: how many captions ``eval_prompts=None`` takes from the shards.
+        max_bad_fraction: training stops when more than this fraction of the samples read is bad (see
+            :class:`imagen.lightning.data_report.DataReport`); 1 never stops.
     """
 
     def __init__(
@@ -301,13 +348,14 @@ class WebDataModule(_ShardDataModule):
         urls: str | Sequence[str],
         resolution: int = 64,
         batch_size: int = 32,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         shuffle_buffer: int = 1000,
         seed: int = 0,
         eval_prompts: Sequence[str] | None = None,
         val_urls: str | Sequence[str] | None = None,
         eval_repeats: int = 4,
         n_eval_prompts: int = 8,
+        max_bad_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         if not urls:
@@ -316,11 +364,12 @@ class WebDataModule(_ShardDataModule):
         self.val_urls = val_urls if (val_urls is None or isinstance(val_urls, str)) else [str(u) for u in val_urls]
         self.resolution = _check_int("resolution", resolution, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.num_workers = _check_workers(num_workers)
         self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
         self.seed = _check_int("seed", seed, 0)
         self.eval_repeats = _check_int("eval_repeats", eval_repeats, 1)
         self.n_eval_prompts = _check_int("n_eval_prompts", n_eval_prompts, 1)
+        self.max_bad_fraction = _check_fraction("max_bad_fraction", max_bad_fraction)
         self._eval_prompts: list[str] | None = None  # None: read from the shards when first asked for
         if eval_prompts is not None:
             prompts = [eval_prompts] if isinstance(eval_prompts, str) else list(eval_prompts)
@@ -332,10 +381,11 @@ class WebDataModule(_ShardDataModule):
                 "urls": self.urls,
                 "resolution": resolution,
                 "batch_size": batch_size,
-                "num_workers": num_workers,
+                "num_workers": self.num_workers,
                 "shuffle_buffer": shuffle_buffer,
                 "seed": seed,
                 "val_urls": self.val_urls,
+                "max_bad_fraction": self.max_bad_fraction,
             }
         )
         self.train_pipeline: Any = None

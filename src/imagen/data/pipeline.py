@@ -2,7 +2,7 @@
 
 Stages (a ``wds.DataPipeline``, i.e. a torch ``IterableDataset``)::
 
-    ShardList -> split_by_node -> WorkerSplit -> tarfile_to_samples(select_files=wanted members)
+    ShardList -> split_by_node -> WorkerSplit -> TrackShard -> tarfile_to_samples(select_files=wanted members)
               -> CountUsable -> [BufferShuffle (training)] -> SkipConsumed
               -> DecodeSamples (PIL / utf-8 / json, resize + crop)
 
@@ -15,9 +15,12 @@ Security: only members with extension png/jpg/jpeg/webp/txt/json are ever read f
 ``select_files`` predicate runs before a member's bytes are read), and they are decoded by hand -- no
 webdataset default decoders, so ``.pyd``/``.pickle``/``.pth`` members are never unpickled.
 
-Corrupt samples (undecodable image, missing image or caption, non-utf-8 caption, unreadable shard) are
-skipped and counted in ``pipeline.skipped`` (a :class:`SkipCounter` shared with dataloader workers via
-shared memory); the first skip in each process is logged as a warning naming the key and shard.
+Bad data is counted, never fatal here: corrupt samples (undecodable image, missing image or caption, non-utf-8
+caption, unreadable shard) are skipped and a bad ``.json`` meta is dropped from a kept sample; ``pipeline.skipped``
+(a :class:`SkipCounter` shared with dataloader workers via shared memory) counts the samples read, the skips by
+reason and by shard, and the bad metas. The first skip in each process is logged as a warning naming the key and
+shard. Reporting the counts and stopping a run whose data is too bad is the training callback's job
+(:mod:`imagen.lightning.data_report`); the pipeline only stops after ``max_consecutive`` failures in a row.
 
 Iteration (the Lightning-friendly choice): with ``training=True`` the shard list repeats forever, reshuffled
 each epoch with a seed derived from (seed, epoch), so the pipeline is an *infinite* IterableDataset. A
@@ -165,56 +168,78 @@ class ShardList(IterableDataset):
 
 
 class SkipCounter:
-    """Counts skipped samples by reason; shared with dataloader workers through shared memory.
+    """Counts the samples read, the skipped ones by reason and by shard, and the kept ones with a bad ``.json``;
+    shared with dataloader workers through shared memory.
 
-    ``counter["bad_image"]``, ``counter.total``, ``counter.as_dict()``. Copies made outside process spawning
-    (``copy.deepcopy``, pickling to disk) become independent counters starting from the current counts.
-    ``max_consecutive`` failures in a row without a good sample (in one process) raise RuntimeError, so
-    an infinite training pipeline over broken shards fails loudly instead of spinning forever.
+    ``counter.seen`` (samples read: decoded + skipped; an unreadable shard or member counts as one),
+    ``counter.skipped`` (``counter.total``), ``counter["bad_image"]``, ``counter["bad_meta"]`` (a warning: the
+    sample is kept, without its meta), ``counter.shard_skips()`` ({url: skips}), ``counter.as_dict()``. All counts
+    live in one shared int64 array with one lock -- ``[seen, REASONS..., WARNINGS..., skips of shard 0..n-1]`` --
+    allocated when the pipeline is built (the shard list is known then), so the counter reaches fork, spawn and
+    forkserver workers alike and every worker's counts are visible in the process that built it. A skip whose
+    shard is not in ``urls`` (a counter built without them) is counted by reason only.
+
+    Copies made outside process spawning (``copy.deepcopy``, pickling to disk) become independent counters
+    starting from the current counts. ``max_consecutive`` failures in a row without a good sample (in one process)
+    raise RuntimeError, so an infinite training pipeline over broken shards fails loudly instead of spinning forever.
     """
 
-    REASONS: tuple[str, ...] = (
-        "bad_image",
-        "missing_image",
-        "missing_caption",
-        "bad_caption",
-        "bad_meta",
-        "shard_error",
-    )
+    REASONS: tuple[str, ...] = ("bad_image", "missing_image", "missing_caption", "bad_caption", "shard_error")
+    WARNINGS: tuple[str, ...] = ("bad_meta",)  # counted, the sample is kept
+    NAMES: tuple[str, ...] = REASONS + WARNINGS
 
-    def __init__(self, initial: dict[str, int] | None = None, max_consecutive: int = 1000) -> None:
-        initial = initial or {}
-        # a spawn-context lock can be handed to fork, spawn and forkserver dataloader workers alike
-        ctx = multiprocessing.get_context("spawn")
-        self._values = {r: ctx.Value("q", int(initial.get(r, 0))) for r in self.REASONS}
+    def __init__(
+        self, urls: Sequence[str] = (), initial: Sequence[int] | None = None, max_consecutive: int = 1000
+    ) -> None:
+        self.urls = [str(u) for u in urls]
         self.max_consecutive = max_consecutive
+        # a spawn-context lock can be handed to fork, spawn and forkserver dataloader workers alike
+        self._counts = multiprocessing.get_context("spawn").Array("q", 1 + len(self.NAMES) + len(self.urls))
+        if initial is not None:
+            self._counts[:] = list(initial)
+        self._local()
+
+    def _local(self) -> None:
+        """This process's state: the shard index, the current shard (for shard errors), the warning and the guard."""
+        self._raw = self._counts.get_obj()  # the unlocked view, written under the lock
+        self._slot = {name: 1 + i for i, name in enumerate(self.NAMES)}
+        self._shard_slot = {url: 1 + len(self.NAMES) + i for i, url in enumerate(self.urls)}
+        self.current_url: str | None = None
         self._warned, self._consecutive, self.usable = False, 0, 0
 
     def __getstate__(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"max_consecutive": self.max_consecutive}
+        state: dict[str, Any] = {"urls": self.urls, "max_consecutive": self.max_consecutive}
         if multiprocessing.context.get_spawning_popen() is not None:  # handing to a worker: share memory
-            return {**state, "values": self._values}
-        return {**state, "initial": self.as_dict()}
+            return {**state, "counts": self._counts}
+        return {**state, "initial": self.vector()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if "values" in state:
-            self._values, self.max_consecutive = state["values"], state["max_consecutive"]
-            self._warned, self._consecutive, self.usable = False, 0, 0
+        if "counts" in state:
+            self.urls, self.max_consecutive, self._counts = state["urls"], state["max_consecutive"], state["counts"]
+            self._local()
         else:
-            self.__init__(state["initial"], state["max_consecutive"])
+            self.__init__(state["urls"], state["initial"], state["max_consecutive"])
 
     def ok(self) -> None:
         """Record a successfully decoded sample (resets the consecutive-failure guard)."""
+        with self._counts.get_lock():
+            self._raw[0] += 1
         self._consecutive = 0
 
     def add(
         self, reason: str, key: str | None = None, url: str | None = None, error: BaseException | None = None
     ) -> None:
-        """Count one skip; log the first one in this process as a warning (later ones at debug level)."""
-        value = self._values[reason]
-        with value.get_lock():
-            value.value += 1
-        if reason != "bad_meta":
+        """Count one skip (or a ``bad_meta`` warning) and its shard; log the first one in this process as a
+        warning (later ones at debug level)."""
+        slot = self._slot[reason]
+        shard = self._shard_slot.get(url) if url is not None else None
+        with self._counts.get_lock():
+            self._raw[slot] += 1
+            if reason in self.REASONS:
+                self._raw[0] += 1
+                if shard is not None:
+                    self._raw[shard] += 1
+        if reason in self.REASONS:
             self._consecutive += 1
             if self._consecutive >= self.max_consecutive:
                 raise RuntimeError(
@@ -222,30 +247,76 @@ class SkipCounter:
                     f"in {url!r}); check the shards"
                 )
         msg = "skipping sample %r in shard %r: %s%s"
+        if reason in self.WARNINGS:
+            msg = "keeping sample %r in shard %r without its meta: %s%s"
         args = (key, url, reason, f" ({type(error).__name__}: {error})" if error is not None else "")
         if not self._warned:
             self._warned = True
-            log.warning(msg + " -- further skips are counted in pipeline.skipped without warnings", *args)
+            log.warning(msg + " -- further ones are counted in pipeline.skipped without warnings", *args)
         else:
             log.debug(msg, *args)
 
     def handle_shard_error(self, exn: BaseException) -> bool:
-        """webdataset exception handler: count, warn once, continue with the next shard/member."""
-        self.add("shard_error", url=str(exn.args[-1]) if exn.args else None, error=exn)
+        """webdataset exception handler: count, warn once, continue with the next shard/member. The shard is the
+        URL webdataset appended to the error's args, else the one this process is reading (:class:`TrackShard`)."""
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self._shard_slot), self.current_url)
+        self.add("shard_error", url=url, error=exn)
         return True
 
-    def __getitem__(self, reason: str) -> int:
-        return int(self._values[reason].value)
+    def __getitem__(self, name: str) -> int:
+        return int(self._counts[self._slot[name]])
 
     @property
-    def total(self) -> int:
+    def seen(self) -> int:
+        """Samples read: decoded, or skipped (an unreadable shard or member counts as one)."""
+        return int(self._counts[0])
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped, all reasons (a ``bad_meta`` sample is kept: not a skip)."""
         return sum(self[r] for r in self.REASONS)
 
+    total = skipped
+
     def as_dict(self) -> dict[str, int]:
-        return {r: self[r] for r in self.REASONS}
+        """{name: count} for every skip reason and warning."""
+        return {name: self[name] for name in self.NAMES}
+
+    def shard_skips(self) -> dict[str, int]:
+        """{shard url: skips} of the shards with at least one skip."""
+        vector = self.vector()
+        return {url: vector[slot] for url, slot in self._shard_slot.items() if vector[slot]}
+
+    def vector(self) -> list[int]:
+        """All counts, ``[seen, REASONS..., WARNINGS..., skips of each shard]``: what DDP ranks sum (:meth:`summary`)."""
+        with self._counts.get_lock():
+            return list(self._raw)
+
+    def report(self, top: int = 5) -> dict[str, Any]:
+        """This process's counts (with its workers') as :meth:`summary` gives them."""
+        return self.summary(self.vector(), self.urls, top)
+
+    @classmethod
+    def summary(cls, vector: Sequence[int], urls: Sequence[str], top: int = 5) -> dict[str, Any]:
+        """A count vector (:meth:`vector`, or the sum of several ranks') -> the report: ``{"seen", "skipped",
+        "skipped_fraction", "by_reason": {reason: n}, "bad_meta", "worst_shards": [{"url", "skipped"}] (the ``top``
+        shards with the most skips, most first)}``."""
+        counts = [int(v) for v in vector]
+        n = len(cls.NAMES)
+        by_name = dict(zip(cls.NAMES, counts[1 : 1 + n]))
+        shards = sorted(((c, i) for i, c in enumerate(counts[1 + n :]) if c), key=lambda ci: (-ci[0], ci[1]))[:top]
+        seen, skipped = counts[0], sum(by_name[r] for r in cls.REASONS)
+        return {
+            "seen": seen,
+            "skipped": skipped,
+            "skipped_fraction": skipped / seen if seen else 0.0,
+            "by_reason": {r: by_name[r] for r in cls.REASONS},
+            "bad_meta": by_name["bad_meta"],
+            "worst_shards": [{"url": urls[i], "skipped": c} for c, i in shards],
+        }
 
     def __repr__(self) -> str:
-        return f"SkipCounter({self.as_dict()})"
+        return f"SkipCounter(seen={self.seen}, {self.as_dict()})"
 
 
 # ------------------------------------------------------------------------------------ transforms
@@ -358,6 +429,20 @@ class NodeSplit:
             yield from itertools.islice(src, rank, None, world_size)
         else:
             yield from src
+
+
+class TrackShard:
+    """Pipeline stage: note the shard this process is about to read (``counter.current_url``), so that a shard error
+    webdataset reports without its URL is still counted against its shard. Exact because the stages are lazy: the
+    tar reader asks for the next URL only when it is done with the current shard."""
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def __call__(self, src: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
+        for item in src:
+            self.counter.current_url = item.get("url")
+            yield item
 
 
 class CountUsable:
@@ -483,7 +568,7 @@ def make_pipeline(
     if epoch_samples is not None and (not isinstance(epoch_samples, int) or epoch_samples < 1):
         raise ValueError(f"epoch_samples must be None or an integer >= 1, got {epoch_samples!r}")
     shard_urls = expand_urls(urls, check_local=check_local)
-    counter = SkipCounter()
+    counter = SkipCounter(shard_urls)
     shard_shuffle = training if shard_shuffle is None else shard_shuffle
     position = StreamPosition()
     stages: list[Any] = [ShardList(shard_urls, shuffle=shard_shuffle, seed=seed, repeat=training, counter=counter)]
@@ -492,6 +577,7 @@ def make_pipeline(
     if worker_splitter == "auto":
         worker_splitter = WorkerSplit(position)
     stages += [s for s in (node_splitter, worker_splitter) if s is not None]
+    stages.append(TrackShard(counter))
     stages.append(wds.tarfile_to_samples(handler=counter.handle_shard_error, select_files=_wanted_member))
     stages.append(CountUsable(counter))
     if text_cache is not None:  # before the shuffle buffer: one shard's cache file open at a time
