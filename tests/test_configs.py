@@ -28,6 +28,7 @@ GROUPS = [
     "unet",
     "schedule",
     "prediction",
+    "loss_weight",
     "optim",
     "data",
     "sampler",
@@ -147,3 +148,12 @@ def test_text_source_options_need_what_they_say():
     online.sampling_encoder(lambda: built.append("encoder"), lambda: built.append("cache"), lambda: [])
     assert built == ["encoder"] and online.training_cache(lambda: built.append("cache")) is None
     assert built == ["encoder"]  # the online source never opens a cache
+
+
+def test_loss_weight_reaches_the_loss():
+    from imagen.build import build_module
+    from imagen.diffusion.loss import MinSNRWeight
+
+    cfg = compose_cfg(["loss_weight=min_snr", "loss_weight.gamma=2", "image_size=16", "unet.attn_resolutions=[8]"])
+    weight = build_module(cfg).loss_fn.weight
+    assert isinstance(weight, MinSNRWeight) and weight.gamma == 2.0

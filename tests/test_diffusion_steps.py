@@ -17,7 +17,7 @@ import torch
 from imagen.cascade.noise_augmentation import GaussianAugmentation
 from imagen.cascade.stage import SuperResolution
 from imagen.diffusion.denoiser import GuidedDenoiser
-from imagen.diffusion.loss import DiffusionLoss
+from imagen.diffusion.loss import DiffusionLoss, MinSNRWeight
 from imagen.diffusion.parameterization import EpsPrediction, VPrediction, X0Prediction
 from imagen.diffusion.samplers import AncestralSampler, DDIMSampler
 from imagen.diffusion.schedule import CosineSchedule, LinearSchedule, LogSNRSchedule
@@ -366,6 +366,22 @@ def test_loss_weights_the_x_error_by_snr_snr_plus_1_or_1(param, weight):
         loss = loss_fn(net, x, torch.tensor([t], dtype=D), eps).item()
         torch.testing.assert_close(net.seen_z, alpha * x + sigma * eps, rtol=1e-6, atol=1e-6)
         assert math.isclose(loss, weight(lam(t)) * delta.pow(2).mean().item(), rel_tol=1e-5), (t, loss)
+
+
+@pytest.mark.parametrize("param", [EpsPrediction(), VPrediction(), X0Prediction()], ids=["eps", "v", "x"])
+def test_min_snr_weights_the_x_error_by_min_snr_gamma(param):
+    """Min-SNR-gamma: whatever the parameterisation, the loss is min(SNR, gamma) mean(delta^2) in x."""
+    schedule, lam, gamma = CosineSchedule(), cosine_lambda(-20.0, 20.0), 5.0
+    loss_fn = DiffusionLoss(schedule, param, MinSNRWeight(gamma))
+    g = torch.Generator().manual_seed(10)
+    for t in (0.05, 0.2, 0.35, 0.5, 0.8):  # SNR above and below gamma
+        x, eps, delta = (torch.randn(1, 3, 4, 4, generator=g, dtype=D) for _ in range(3))
+        alpha, sigma = alpha_sigma(lam(t))
+        loss = loss_fn(OffByDelta(param, x + delta, alpha, sigma), x, torch.tensor([t], dtype=D), eps).item()
+        expected = min(math.exp(lam(t)), gamma) * delta.pow(2).mean().item()
+        assert math.isclose(loss, expected, rel_tol=1e-5), (t, loss, expected)
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        MinSNRWeight(0.0)
 
 
 # ------------------------------------------------------------------ 6. dynamic thresholding (§2.3)

@@ -150,6 +150,7 @@ def build_module(cfg: DictConfig, text_encoder=None) -> ImagenModule:
         model_config=model_config(cfg),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         stage=stage,
+        loss_weight=instantiate(OmegaConf.select(cfg, "loss_weight")),  # None in checkpoints from before the group
     )
 
 

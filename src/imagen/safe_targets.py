@@ -38,6 +38,7 @@ IMAGEN_MODULES = frozenset(
         "imagen.cascade.stage",  # stage
         "imagen.data.datamodule",  # data
         "imagen.data.shapes",  # data.world
+        "imagen.diffusion.loss",  # loss_weight
         "imagen.diffusion.parameterization",  # prediction
         "imagen.diffusion.samplers",  # sampler
         "imagen.diffusion.schedule",  # schedule

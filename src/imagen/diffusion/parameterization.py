@@ -4,11 +4,14 @@ With z = alpha x + sigma eps and alpha^2 + sigma^2 = 1:
   eps-prediction:  x = (z - sigma eps) / alpha
   x-prediction:    eps = (z - alpha x) / sigma
   v-prediction:    v = alpha eps - sigma x,  so  x = alpha z - sigma v  and  eps = sigma z + alpha v.
-Each class returns its training target and maps a network output back to (x0_hat, eps_hat).
+Each class returns its training target, maps a network output back to (x0_hat, eps_hat), and says how much a squared
+error in its own space weighs a squared error in x (`x_weight`): eps-prediction SNR, v-prediction SNR + 1,
+x-prediction 1 (with x_hat = x + delta, eps_hat - eps = -(alpha / sigma) delta, v_hat - v = -delta / sigma).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -21,6 +24,10 @@ class Parameterization:
     def to_x0_eps(self, out: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def x_weight(self, snr: Tensor) -> Tensor:
+        """The weight of the x-space squared error implied by a plain squared error on this target (App. A)."""
+        raise NotImplementedError
+
 
 class EpsPrediction(Parameterization):
     """The network predicts the noise eps (Ho et al., 2020); Imagen's default."""
@@ -30,6 +37,9 @@ class EpsPrediction(Parameterization):
 
     def to_x0_eps(self, out, z, alpha, sigma):
         return (z - sigma * out) / alpha, out
+
+    def x_weight(self, snr):
+        return snr
 
 
 class X0Prediction(Parameterization):
@@ -41,6 +51,9 @@ class X0Prediction(Parameterization):
     def to_x0_eps(self, out, z, alpha, sigma):
         return out, (z - alpha * out) / sigma
 
+    def x_weight(self, snr):
+        return torch.ones_like(snr)
+
 
 class VPrediction(Parameterization):
     """The network predicts v = alpha eps - sigma x (Salimans & Ho, 2022), used by Imagen's SR models."""
@@ -50,3 +63,6 @@ class VPrediction(Parameterization):
 
     def to_x0_eps(self, out, z, alpha, sigma):
         return alpha * z - sigma * out, sigma * z + alpha * out
+
+    def x_weight(self, snr):
+        return snr + 1.0

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from imagen.cascade.stage import Base, Stage
 from imagen.diffusion.denoiser import GuidedDenoiser
 from imagen.diffusion.guidance import drop_condition
-from imagen.diffusion.loss import DiffusionLoss
+from imagen.diffusion.loss import DiffusionLoss, LossWeight
 from imagen.diffusion.parameterization import Parameterization
 from imagen.diffusion.schedule import LogSNRSchedule
 from imagen.diffusion.thresholding import Thresholding
@@ -57,6 +57,7 @@ class ImagenModule(pl.LightningModule):
         run_config: the whole resolved config of the run, saved in checkpoints so that sampling and evaluation
             rebuild the same model from the checkpoint alone.
         stage: the cascade stage (default: a base model at image_size).
+        loss_weight: the loss's weight over noise levels (default: the paper's plain squared error).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class ImagenModule(pl.LightningModule):
         model_config: dict | None = None,
         run_config: dict | None = None,
         stage: Stage | None = None,
+        loss_weight: LossWeight | None = None,
     ):
         super().__init__()
         if not 0.0 <= p_uncond <= 1.0:
@@ -82,7 +84,7 @@ class ImagenModule(pl.LightningModule):
         self.unet = unet
         self._text_encoder = Frozen(text_encoder)
         self.schedule, self.parameterization = schedule, parameterization
-        self.loss_fn = DiffusionLoss(schedule, parameterization)
+        self.loss_fn = DiffusionLoss(schedule, parameterization, loss_weight)
         self.optimizer_factory = optimizer
         self.p_uncond = p_uncond
         self.lr_schedule = lr_schedule or WarmupCosine()
