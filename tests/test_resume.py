@@ -25,7 +25,7 @@ from imagen.lightning.csv_log import ResumingCSVLogger
 from conftest import ROOT, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-STEPS = 12
+STEPS = 8
 
 
 def train_cmd(data_root: Path, run_dir: Path, workers: int, *extra: str) -> list[str]:
@@ -75,10 +75,10 @@ def test_kill_9_and_resume_is_bitwise_exact(tmp_path, workers):
         train_cmd(data, killed, workers), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "step_0000006.ckpt").is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-6 checkpoint"
+    while not (killed / "checkpoints" / "step_0000004.ckpt").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-4 checkpoint"
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # between the step-6 and step-8 checkpoints (or during one: writes are atomic)
+    os.kill(proc.pid, signal.SIGKILL)  # between the step-4 and step-6 checkpoints (or during one: writes are atomic)
     proc.wait()
     assert not (killed / "checkpoints" / f"step_{STEPS:07d}.ckpt").exists()
 

@@ -74,7 +74,13 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> float | None:
     with isolated_environment(run_dir):
         try:
             return _train_and_evaluate(cfg, run_dir, record, choices, resume=not fresh)
-        except (Exception, SystemExit) as err:
+        except SystemExit as err:
+            # Bad input (exit 2, reported already) failed; anything else is an interruption that must end this
+            # process: SLURM's SIGTERM on a requeue or preemption (Lightning's SIGTERMException), or submitit's exit
+            # after it requeued the job. Swallowing it would tell the launcher the job is done while SLURM re-runs it.
+            record.fail(err) if err.code == 2 else record.interrupt(err)
+            raise
+        except Exception as err:
             record.fail(err)
             if not is_multirun():
                 raise

@@ -4,7 +4,8 @@ The record `<run_dir>/job.json` is what makes a sweep correct and restartable:
 
 - it is written by global rank 0 only (under SLURM every task runs the job function; Lightning's loggers are
   rank-0 only too), so a DDP job leaves one record, one checkpoint folder, one `metrics.csv` and one W&B run;
-- `status` is `running`, then `completed` (training and the final evaluation done) or `failed` with the error;
+- `status` is `running`, then `completed` (training and the final evaluation done), `failed` with the error, or
+  `interrupted` (a signal: a SLURM requeue or preemption; the process ends and the next run resumes);
   a re-run of the same sweep command (same folders: `multirun/<ablation>/<overrides>`) skips completed jobs,
   and a failed or interrupted one resumes from its `checkpoints/last.ckpt` (also what a SLURM requeue does);
 - a failing job (out of memory, a non-finite loss, a bad config) is recorded and the sweep goes on;
@@ -107,11 +108,15 @@ class JobRecord:
         self.update(status="running", started=now(), finished=None, error=None)
 
     def complete(self, **fields: Any) -> None:
-        self.update(status="completed", finished=now(), error=None, **fields)
+        self.update(status="completed", finished=now(), error=None, traceback=None, **fields)
 
     def fail(self, err: BaseException) -> None:
         tail = traceback.format_exception(type(err), err, err.__traceback__)[-6:]
         self.update(status="failed", finished=now(), error=f"{type(err).__name__}: {err}", traceback="".join(tail))
+
+    def interrupt(self, err: BaseException) -> None:
+        """Stopped from outside (a signal, a requeue): resumed by the next run of the job, not a failure."""
+        self.update(status="interrupted", finished=now(), error=f"{type(err).__name__}: {err}", traceback=None)
 
 
 JOB_ENV = (
