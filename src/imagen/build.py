@@ -25,11 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from imagen.lightning.callbacks import LogRunConfig
 from imagen.lightning.checkpoint_io import unreadable
 from imagen.lightning.module import ImagenModule
+from imagen.models.attention import check_attention_backend
 from imagen.text.cache import TextCache
 
 # The config groups whose values define the network's weights: a resumed checkpoint must agree on them.
 MODEL_GROUPS = ("unet", "cond", "encoder", "schedule", "prediction", "stage", "noise_aug")
-RUNTIME_KEYS = ("path", "memo_size", "_partial_")  # settings that do not change the weights
+RUNTIME_KEYS = ("path", "memo_size", "_partial_", "attention")  # settings that do not change the weights
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
@@ -67,6 +68,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path} does not exist")
+    check_attention_backend(cfg.unet.get("attention"))  # before an encoder is loaded
 
 
 def check_resume(cfg: DictConfig) -> None:
@@ -96,9 +98,17 @@ def build_stage(cfg: DictConfig):
 
 
 def build_unet(cfg: DictConfig, text_dim: int, stage=None):
-    """The stage's U-Net: its training resolution and extra input channels come from the stage."""
+    """The stage's U-Net: its training resolution and extra input channels come from the stage; its attention
+    kernel from `unet.attention` (checked by the U-Net: xformers without CUDA is refused here). Two top-level
+    runtime switches (absent = false; they do not change the weights): `channels_last` stores the convolutions'
+    weights (and so their activations) in NHWC memory format, `compile` wraps the U-Net's call in torch.compile."""
     stage = stage if stage is not None else build_stage(cfg)
-    return instantiate(cfg.unet)(text_dim=text_dim, cond=instantiate(cfg.cond), **stage.unet_kwargs())
+    unet = instantiate(cfg.unet)(text_dim=text_dim, cond=instantiate(cfg.cond), **stage.unet_kwargs())
+    if cfg.get("channels_last", False):
+        unet = unet.to(memory_format=torch.channels_last)
+    if cfg.get("compile", False):
+        unet.compile_forward()
+    return unet
 
 
 def build_text_encoder(cfg: DictConfig):

@@ -46,6 +46,7 @@ IMAGEN_MODULES = frozenset(
         "imagen.lightning.callbacks",  # callbacks, and batch_size_fn's get_method path
         "imagen.lightning.data_report",  # callbacks.data_report
         "imagen.lightning.loggers",  # logger
+        "imagen.flops",  # callbacks.throughput
         "imagen.lr_schedule",  # optim.lr_schedule
         "imagen.models.efficient_unet",  # unet (efficient variants)
         "imagen.models.text_conditioning",  # cond

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from imagen.models.attention import AttentionBlock, CrossAttentionBlock
+from imagen.models.attention import AttentionBlock, CrossAttentionBlock, check_attention_backend
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextCond, TextConditioning
 from imagen.models.unet import ConditionalUNet, UNetStage, output_head, validate_args
@@ -30,7 +30,8 @@ SKIP_SCALE = 2**-0.5
 
 
 class EfficientUNet(ConditionalUNet):
-    """Efficient U-Net (App. B.1). `num_res_blocks`: one count per level of `channel_mult` (or one for all)."""
+    """Efficient U-Net (App. B.1). `num_res_blocks`: one count per level of `channel_mult` (or one for all);
+    `attention`: the attention kernel of its attention blocks (sdpa | xformers | math; None = the module default)."""
 
     def __init__(
         self,
@@ -49,8 +50,10 @@ class EfficientUNet(ConditionalUNet):
         embed_dim: int | None = None,
         lowres_channels: int = 0,
         skip_scale: float = SKIP_SCALE,
+        attention: str | None = None,
     ) -> None:
         super().__init__()
+        attention = check_attention_backend(attention)  # unet.attention: refused here, before any compute
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
         reachable = validate_args(
             image_size,
@@ -77,11 +80,11 @@ class EfficientUNet(ConditionalUNet):
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
 
-        def attention(level: int, width: int) -> list[nn.Module]:
+        def attention_blocks(level: int, width: int) -> list[nn.Module]:
             if reachable[level] in attn_resolutions:  # self-attention (+ text keys/values)
-                return [AttentionBlock(width, head_dim, groups, context_dim)]
+                return [AttentionBlock(width, head_dim, groups, context_dim, backend=attention)]
             if level == levels - 1 and context_dim is not None:  # text cross-attention at the lowest resolution
-                return [CrossAttentionBlock(width, head_dim, groups, context_dim)]
+                return [CrossAttentionBlock(width, head_dim, groups, context_dim, backend=attention)]
             return []
 
         ch, skip_channels = channels, []
@@ -90,7 +93,7 @@ class EfficientUNet(ConditionalUNet):
             width = channels * mult
             layers: list[nn.Module] = [Downsample(ch)] if level > 0 else []  # downsample first (App. B.1)
             layers += [res(ch, width)] + [res(width, width) for _ in range(blocks[level] - 1)]
-            layers += attention(level, width)
+            layers += attention_blocks(level, width)
             self.down.append(UNetStage(*layers))
             ch = width
             skip_channels.append(ch)
@@ -99,7 +102,7 @@ class EfficientUNet(ConditionalUNet):
         for level in reversed(range(levels)):
             width = channels * channel_mult[level]
             layers = [res(ch + skip_channels.pop(), width)] + [res(width, width) for _ in range(blocks[level] - 1)]
-            layers += attention(level, width)
+            layers += attention_blocks(level, width)
             if level > 0:
                 layers.append(Upsample(width))  # upsample last (App. B.1)
             self.up.append(UNetStage(*layers))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from imagen.models.attention import AttentionBlock, CrossAttentionBlock
+from imagen.models.attention import AttentionBlock, CrossAttentionBlock, check_attention_backend
 from imagen.models.embeddings import TimestepEmbedding
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextCond, TextConditioning
@@ -93,7 +93,23 @@ def validate_args(
 
 class ConditionalUNet(nn.Module):
     """What both U-Nets share: the input layers, the conditioning (§2.4, §2.5) and the call. A subclass calls
-    `add_inputs` and sets `self.out`, and defines `body`: its down, middle and up paths."""
+    `add_inputs` and sets `self.out`, and defines `body`: its down, middle and up paths.
+
+    `compile_forward()` compiles the call with torch.compile in place (nn.Module.compile: parameter names and
+    checkpoints are unchanged) and keeps it compiled across pickling (ddp_spawn) and deepcopy (the EMA copy), which
+    nn.Module alone would silently drop."""
+
+    _compile_options: dict | None = None
+
+    def compile_forward(self, **options) -> None:
+        """torch.compile(**options) of this U-Net's call, in place; the first call traces and compiles."""
+        self._compile_options = dict(options)
+        self.compile(**options)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if self._compile_options is not None:  # nn.Module.__getstate__ drops the compiled call: compile again
+            self.compile(**self._compile_options)
 
     def add_inputs(self, in_channels: int, lowres_channels: int, channels: int, embed_dim: int) -> None:
         """The time embedding, the input convolution, and for SR stages the aug_level embedding (embedded like
@@ -150,7 +166,8 @@ class ConditionalUNet(nn.Module):
 
 class UNet(ConditionalUNet):
     """Base 64x64 U-Net of Imagen (App. F.1), ADM-style; with `lowres_channels=3` the standard (non-efficient)
-    super-resolution U-Net of the Efficient U-Net ablation (App. B.1)."""
+    super-resolution U-Net of the Efficient U-Net ablation (App. B.1). `attention`: the attention kernel of every
+    attention block (imagen.models.attention: sdpa | xformers | math; None = the module default)."""
 
     def __init__(
         self,
@@ -168,10 +185,12 @@ class UNet(ConditionalUNet):
         out_channels: int = 3,
         embed_dim: int | None = None,
         lowres_channels: int = 0,
+        attention: str | None = None,
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
         validate_args(image_size, channels, channel_mult, attn_resolutions, head_dim, dropout)
+        attention = check_attention_backend(attention)  # unet.attention: refused here, before any compute
         embed_dim = 4 * channels if embed_dim is None else embed_dim
         groups = num_groups(channels)
         self.image_size = image_size
@@ -185,7 +204,7 @@ class UNet(ConditionalUNet):
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
 
         def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, head_dim, groups, context_dim)
+            return AttentionBlock(c, head_dim, groups, context_dim, backend=attention)
 
         resolution, ch = image_size, channels
         skip_channels = [ch]
