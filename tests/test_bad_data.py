@@ -74,7 +74,7 @@ def expected_report(bad: str, ranks: int = 1) -> dict:
 # ------------------------------------------------------------------------------------------------ counting
 
 
-@pytest.mark.parametrize("workers,context", [(0, None), (2, "fork"), (1, "spawn")])
+@pytest.mark.parametrize("workers,context", [(0, None), (2, "fork"), pytest.param(1, "spawn", marks=pytest.mark.slow)])
 def test_counts_by_reason_and_shard(shards, workers, context):
     pipe = make_pipeline(list(shards), 16, training=False)
     loader = torch.utils.data.DataLoader(

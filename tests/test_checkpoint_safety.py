@@ -180,6 +180,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
 
 
+@pytest.mark.slow
 def test_every_shipped_option_and_experiment_passes_the_allow_list():
     """Every option of every training group (round k takes each group's k-th option, so each option is composed once
     next to others, in len(longest group) composes) and every experiment, stored as ImagenModule stores it."""

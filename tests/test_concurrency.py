@@ -29,6 +29,7 @@ def hold_lock(run_dir) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_job_folder_runs_one_process_at_a_time(tmp_path):
     proc = hold_lock(tmp_path / "job")
     try:
@@ -42,6 +43,7 @@ def test_a_job_folder_runs_one_process_at_a_time(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_two_processes_asking_for_one_world_generate_it_once(tmp_path):
     start = time.time() + 6  # both past their imports, then at the same moment
     code = textwrap.dedent(

@@ -58,7 +58,9 @@ def test_optimizers_step(option):
     assert not torch.equal(before, lin.weight)
 
 
-@pytest.mark.parametrize("option", options("logger"))
+@pytest.mark.parametrize(
+    "option", [pytest.param(o, marks=pytest.mark.slow) if o == "wandb" else o for o in options("logger")]
+)
 def test_loggers(option, tmp_path):
     cfg = compose_cfg([f"logger={option}"])
     loggers = instantiate(cfg.logger, save_dir=str(tmp_path), tags=["cond=cross_attn"])

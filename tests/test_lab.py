@@ -237,6 +237,7 @@ def test_final_eval_grid_combinations_closed_form():
         combinations({"a": []})
 
 
+@pytest.mark.slow
 def test_final_eval_errors_come_before_training(tmp_path):
     cfg = compose_cfg(["final_eval.enabled=true", "+final_eval.grid.thresholding=[none,nope]"])
     with pytest.raises(Exception, match="nope"):
@@ -388,6 +389,7 @@ def sweep_params(name: str) -> dict[str, list[str]]:
     return {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
 
 
+@pytest.mark.slow
 def test_every_paper_ablation_has_a_paper_and_a_tiny_experiment():
     paper = {e for e in ABLATIONS if not e.endswith("_tiny")}
     assert paper == {"conditioning", "encoder_scaling", "unet_scaling", "thresholding", "noise_aug", "efficient_unet"}
@@ -432,6 +434,7 @@ def test_every_tiny_experiment_arm_trains_a_step(name, tmp_path):
             assert plan(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [e for e in ABLATIONS if not e.endswith("_tiny")])
 def test_every_paper_experiment_arm_composes_and_builds(name):
     """Paper scale: every arm's config and U-Net (on the meta device: no memory, no compute)."""
@@ -462,6 +465,7 @@ def test_slurm_launcher_lets_slurm_create_the_processes():
     assert len(plugins) == 1 and plugins[0].auto_requeue is False  # ... and Lightning does not requeue as well
 
 
+@pytest.mark.slow
 def test_random_weights_minilm_is_the_same_network_untrained():
     """The encoder_tiny control: same architecture and tokenizer, seeded random weights, a distinct cache identity."""
     from imagen.build import build_text_encoder

@@ -329,6 +329,7 @@ def test_commands_found():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
 def test_command_works_as_typed(command: Command):
     assert not command.error, command.error

@@ -146,6 +146,7 @@ def test_wandb_base_url(wandb_env, monkeypatch, tmp_path):
 # --- the logger --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_key_without_server_goes_offline_at_once(wandb_env, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
@@ -183,6 +184,7 @@ def test_offline_mode_makes_no_network_call(wandb_env, monkeypatch, tmp_path):
     assert wandb_warnings(caught) == []
 
 
+@pytest.mark.slow
 def test_online_start_failure_falls_back_to_offline(wandb_env, monkeypatch, tmp_path):
     """The second line of defence: the probe passes but the run cannot start within `init_timeout`."""
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
