@@ -5,7 +5,6 @@ machine."""
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import pathlib
 from types import SimpleNamespace
@@ -13,10 +12,9 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-import webdataset as wds
 from hydra.utils import instantiate
-from PIL import Image
 from pytorch_lightning.loggers import CSVLogger
+from test_data import png_bytes, write_tar
 
 from imagen.data import datamodule as dm_mod
 from imagen.data.datamodule import ShapesDataModule, WebDataModule, available_cpus, default_num_workers
@@ -28,24 +26,15 @@ from conftest import compose_cfg
 REASONS = {"bad_image": 2, "missing_image": 1, "missing_caption": 1, "bad_caption": 1, "shard_error": 0}
 
 
-def png(color=(200, 10, 10), size=(24, 20)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def tar(path: pathlib.Path, samples: list[dict]) -> str:
-    with wds.TarWriter(str(path), encoder=False, mtime=0) as tw:
-        for s in samples:
-            tw.write(s)
-    return str(path)
+def png(color=(200, 10, 10)) -> bytes:
+    return png_bytes((24, 20), color)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> tuple[str, str]:
     """(clean shard: 8 good samples, bad shard: 6 good + 5 skipped + 1 kept with a bad meta): 20 read, 5 skipped."""
     root = tmp_path_factory.mktemp("bad_data")
-    good = tar(
+    good = write_tar(
         root / "good-000000.tar", [{"__key__": f"g{i:02d}", "png": png(), "txt": b"a red box"} for i in range(8)]
     )
     bad = [{"__key__": f"k{i:02d}", "png": png((10, 200, 10)), "txt": b"a green box"} for i in range(6)]
@@ -57,7 +46,7 @@ def shards(tmp_path_factory) -> tuple[str, str]:
         {"__key__": "b5", "png": png(), "txt": b"\xff\xfe not utf-8 \xc3\x28"},
         {"__key__": "m1", "png": png(), "txt": b"kept, meta dropped", "json": b"{not json"},
     ]
-    return good, tar(root / "bad-000001.tar", bad)
+    return good, write_tar(root / "bad-000001.tar", bad)
 
 
 def expected_report(bad: str, ranks: int = 1) -> dict:
