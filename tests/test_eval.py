@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -20,15 +21,17 @@ from test_encoders import _clip_tokenizer
 from imagen.checkpoint import flatten, load_model
 from imagen.eval.drawbench import DrawBenchEval, load_drawbench
 from imagen.eval.features import InceptionFeatures, ShapesFeatures
+from imagen.eval.learning_curve import curve_points, wilson_interval
 from imagen.eval.metrics import FidKid, clip_score, clip_score_metric, saturation, to_unit
 from imagen.eval.pareto import read_metrics
-from imagen.eval.shapes_eval import ShapesEval
+from imagen.eval.shapes_eval import HoldoutEval, ShapesEval, SingleObjectEval
 from imagen.run import run
 
 from conftest import ROOT, compose_cfg, tiny_overrides
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
+import plot_learning_curve  # noqa: E402
 import plot_pareto  # noqa: E402
 
 
@@ -356,6 +359,94 @@ def test_shapes_eval_prompts_are_balanced_and_unseen():
     ref = suite.reference()
     assert ref.shape == (28, 3, 32, 32) and ref.min() >= -1 and ref.max() <= 1
     assert not {p["index"] for p in prompts} & {p["index"] for p in suite.reference_prompts()}
+
+
+def test_single_object_eval_draws_only_single_objects():
+    suite = SingleObjectEval(n_per_category=12, n_reference_per_category=4).bind(compose_cfg([]), 32)
+    prompts = suite.prompts()
+    assert len(prompts) == 12 and {p["category"] for p in prompts} == {"counting"}
+    assert all(len(p["objects"]) == 1 and p["constraints"][0]["n"] == 1 for p in prompts)
+
+
+def test_holdout_eval_splits_novel_and_seen_prompts():
+    world = [
+        "data.world.holdout_pairs=[red triangle]",
+        "data.world.holdout_relations=[[blue circle,left_of,green square]]",
+    ]
+    suite = HoldoutEval(n_per_category=6, n_reference_per_category=4).bind(compose_cfg(world), 32)
+    prompts = suite.prompts()
+    novel = [p for p in prompts if p["novel"]]
+    for cat in ("counting", "colors", "positional", "descriptions"):
+        assert sum(p["category"] == cat and p["novel"] for p in prompts) == 6
+        assert sum(p["category"] == cat and not p["novel"] for p in prompts) == 6
+
+    def names_holdout(p):
+        objs = {(o["color"], o["shape"]) for o in p["objects"]}
+        rel = any(
+            c["type"] == "relation"
+            and {(c["subject"]["color"], c["subject"]["shape"]), (c["object"]["color"], c["object"]["shape"])}
+            == {("blue", "circle"), ("green", "square")}
+            for c in p["constraints"]
+        )
+        return ("red", "triangle") in objs or rel
+
+    assert all(names_holdout(p) for p in novel)
+    assert not any(names_holdout(p) for p in prompts if not p["novel"])
+    # the judge scores each group: ground-truth renders of the prompts are all correct, in both groups
+    images = torch.stack([torch.from_numpy(np.array(suite.world.render(p["objects"]))) for p in prompts])
+    scores = suite.score(images.permute(0, 3, 1, 2).float() / 127.5 - 1, prompts)
+    assert scores["judge/novel/accuracy"] == scores["judge/seen/accuracy"] == scores["judge/accuracy"] == 1.0
+    assert scores["judge/novel/n/all"] == scores["judge/seen/n/all"] == 24
+    with pytest.raises(ValueError, match="holdout_pairs"):
+        HoldoutEval().bind(compose_cfg([]), 32)
+
+
+def test_wilson_interval_closed_form():
+    lo, hi = wilson_interval(0.5, 100)  # centre 0.5, half-width z sqrt(0.25/100 + z^2/40000) / (1 + z^2/100)
+    z = 1.959963984540054
+    half = z * (0.25 / 100 + z * z / 40000) ** 0.5 / (1 + z * z / 100)
+    assert lo == pytest.approx(0.5 - half) and hi == pytest.approx(0.5 + half)
+    assert wilson_interval(0.0, 10)[0] == 0.0 and 0 < wilson_interval(0.0, 10)[1] < 0.35
+    assert wilson_interval(1.0, 256)[1] == pytest.approx(1.0) and wilson_interval(1.0, 256)[0] > 0.98
+
+
+def test_learning_curve_reads_train_minutes_and_plots(tmp_path, capsys):
+    runs = []
+    for k, (seconds, acc) in enumerate([(600.0, 0.5), (120.0, 0.25)]):
+        m = {
+            "ckpt": f"c{k}",
+            "step": 100 * (k + 1),
+            "train_seconds": seconds,
+            "results": [
+                {"guidance": 1.0, "judge/colors": 0.0, "judge/n/colors": 4},
+                {"guidance": 3.0, "judge/colors": acc, "judge/n/colors": 4},
+            ],
+        }
+        (tmp_path / f"e{k}").mkdir()
+        (tmp_path / f"e{k}" / "metrics.json").write_text(json.dumps(m))
+        runs.append(m)
+    points = curve_points(runs, 3.0, ["colors"])
+    assert [p["minutes"] for p in points] == [2.0, 10.0] and [p["colors"][0] for p in points] == [0.25, 0.5]
+    plot_learning_curve.main(
+        [
+            str(tmp_path / "e0"),
+            str(tmp_path / "e1"),
+            "--guidance",
+            "3",
+            "--categories",
+            "colors",
+            "--out",
+            str(tmp_path / "c.png"),
+        ]
+    )
+    assert (tmp_path / "c.png").is_file() and "| 2.0 | 200 | 0.250" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        plot_learning_curve.main([str(tmp_path / "e0"), "--guidance", "7"])
+
+
+def test_checkpoints_store_the_training_wall_time(ckpt):
+    _, _, info = load_model(ckpt)
+    assert info["train_seconds"] is not None and info["train_seconds"] > 0
 
 
 def test_evaluate_on_webdataset_shards_uses_their_images_as_reference(ckpt, tmp_path):

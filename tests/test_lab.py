@@ -252,6 +252,30 @@ def test_final_eval_errors_come_before_training(tmp_path):
     assert names == ["thresholding=none", "thresholding=static", "thresholding=dynamic"]
 
 
+@pytest.mark.slow
+def test_final_eval_curve_evaluates_every_periodic_checkpoint(tmp_path):
+    from imagen.run import run
+
+    cfg = compose_cfg(
+        [
+            *tiny_overrides(tmp_path, steps=4),
+            *TINY_EVAL,
+            "final_eval.curve.enabled=true",
+            "+final_eval.curve.settings.guidance=[2]",
+        ]
+    )
+    run(cfg)
+    run_dir = tmp_path / "run"
+    job = json.loads((run_dir / "job.json").read_text())
+    assert {"curve/step_0000002", "curve/step_0000004"} <= set(job["evals"]) and job["status"] == "completed"
+    points = [
+        json.loads((run_dir / "curve" / s / "metrics.json").read_text()) for s in ("step_0000002", "step_0000004")
+    ]
+    assert [m["step"] for m in points] == [2, 4] and [r["guidance"] for m in points for r in m["results"]] == [2, 2]
+    assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
+    assert (run_dir / "curve" / "learning_curve.png").is_file() and (run_dir / "eval").is_dir()
+
+
 # ------------------------------------------------------------------------------------- compare_runs
 def _fake_job(
     sweep: Path,

@@ -102,8 +102,22 @@ def load_model(
     target = resolve_device(device)
     module.to(target).eval()
     module.text_encoder.to(target)
-    info = {"ckpt": str(path), "global_step": int(ckpt.get("global_step", -1)), "ema": bool(ema and has_ema)}
+    info = {
+        "ckpt": str(path),
+        "global_step": int(ckpt.get("global_step", -1)),
+        "ema": bool(ema and has_ema),
+        "train_seconds": train_seconds(ckpt),
+    }
     return module, cfg, info
+
+
+def train_seconds(ckpt: dict[str, Any]) -> float | None:
+    """The training wall time a checkpoint was saved at (Lightning's Timer callback: `callbacks.timer`), or None."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("Timer") and isinstance(state, dict):
+            elapsed = state.get("time_elapsed", {}).get("train")
+            return None if elapsed is None else round(float(elapsed), 1)
+    return None
 
 
 # ------------------------------------------------------------------ a cascade of checkpoints (§2.4)

@@ -62,6 +62,7 @@ LIBRARY_NAMES = {
     "torch.optim.Adafactor": "conf/optim/adafactor.yaml",
     "pytorch_lightning.Trainer": "conf/trainer/*.yaml",
     "pytorch_lightning.callbacks.ThroughputMonitor": "conf/callbacks/default.yaml",
+    "pytorch_lightning.callbacks.Timer": "conf/callbacks/default.yaml",
     "pytorch_lightning.plugins.environments.SLURMEnvironment": "conf/trainer/slurm.yaml (plugins)",
     "hydra.utils.get_method": "conf/callbacks/default.yaml (batch_size_fn; its path is checked too)",
 }

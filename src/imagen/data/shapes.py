@@ -390,6 +390,17 @@ class ShapesWorld:
                             return False
         return True
 
+    def uses_holdout(self, meta: Mapping[str, Any]) -> bool:
+        """Whether a caption's constraints name a held-out colour/shape pair or state a held-out relation (either
+        direction): what a compositional test asks of prompts the training data never showed."""
+        held_pairs = {tuple(p.split()) for p in self.holdout_pairs}
+        for c in parse_constraints(meta["constraints"]):
+            if any(ref in held_pairs for ref in c.refs):
+                return True
+            if isinstance(c, Relation) and _canonical_relation(c.subject, c.relation, c.obj) in self._holdout_rel_set:
+                return True
+        return False
+
     # ------------------------------------------------------------------------ evaluation
 
     def eval_prompts(self, n: int | None = None) -> list[dict[str, Any]]:

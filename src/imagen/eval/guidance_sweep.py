@@ -85,6 +85,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
         "label": cfg.label,
         "ckpt": info["ckpt"],
         "step": info["global_step"],
+        "train_seconds": info.get("train_seconds"),
         "ema": info["ema"],
         "suite": suite.name,
         "alignment_key": suite.alignment_key,

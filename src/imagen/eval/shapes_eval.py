@@ -123,3 +123,74 @@ class ShapesEval(EvalSuite):
     def score(self, images: Tensor, prompts: list[dict]) -> dict[str, float]:
         result = self.judge.score(images, prompts)
         return {f"judge/{k}": v for k, v in result.items()}
+
+
+class SingleObjectEval(ShapesEval):
+    """Single-object prompts only ("a red circle", "one blue square"): colour, shape and a count of exactly one,
+    drawn from the checkpoint's world with `counting` as the only category and n = 1 (the default model's
+    target: it should get these right before anything compositional)."""
+
+    name = "shapes_single"
+
+    def bind(self, train_config: DictConfig, image_size: int) -> SingleObjectEval:
+        super().bind(train_config, image_size)
+        config = {**self.world.to_config(), "categories": {"counting": 1.0}, "count_weights": [1.0]}
+        self.world = ShapesWorld(**config)
+        return self
+
+
+class HoldoutEval(ShapesEval):
+    """Compositional generalisation: per category, `n_per_category` prompts that use a held-out colour/shape pair
+    or state a held-out relation (`novel`) and as many that do not (`seen`), scored separately
+    (`judge/novel/...`, `judge/seen/...`) and together (`judge/...`). The checkpoint's world must hold something
+    out (`data.world.holdout_pairs` / `holdout_relations`); prompts are drawn from the same world without the
+    holdouts, on the val split. Categories whose captions cannot use a holdout (e.g. counting with only
+    relations held out) keep their seen prompts only."""
+
+    name = "shapes_holdout"
+    max_tries_per_prompt = 400
+
+    def bind(self, train_config: DictConfig, image_size: int) -> HoldoutEval:
+        super().bind(train_config, image_size)
+        if not (self.world.holdout_pairs or self.world.holdout_relations):
+            raise ValueError(
+                "eval=shapes_holdout needs a checkpoint trained with a holdout: set data.world.holdout_pairs "
+                "and/or data.world.holdout_relations when training (see experiments/composition_holdout_tiny.yaml)"
+            )
+        config = {**self.world.to_config(), "holdout_pairs": [], "holdout_relations": []}
+        self.open_world = ShapesWorld(**config)  # the distribution with the holdouts put back
+        return self
+
+    def _draw(self) -> None:
+        super()._draw()  # the reference images for FID/KID: the training world's distribution
+        want = self.n_per_category
+        groups: dict[tuple[str, bool], list[dict]] = {
+            (c, novel): [] for c in self.world.category_weights for novel in (False, True)
+        }
+        limit = self.max_tries_per_prompt * want * len(groups)
+        i = 0
+        while i < limit and any(len(v) < want for v in groups.values()):
+            s = self.open_world.sample(i, seed=self.seed, split="val", render=False)
+            key = (s.meta["category"], self.world.uses_holdout(s.meta))
+            if len(groups[key]) < want:
+                groups[key].append(
+                    {
+                        "caption": s.caption,
+                        "category": s.meta["category"],
+                        "constraints": s.meta["constraints"],
+                        "index": i,
+                        "objects": s.meta["objects"],
+                        "novel": key[1],
+                    }
+                )
+            i += 1
+        self._prompts = [p for (_, novel), v in sorted(groups.items(), key=lambda kv: kv[0][1]) for p in v]
+
+    def score(self, images: Tensor, prompts: list[dict]) -> dict[str, float]:
+        out = super().score(images, prompts)
+        for group, novel in (("seen", False), ("novel", True)):
+            idx = [i for i, p in enumerate(prompts) if p.get("novel") == novel]
+            if idx:
+                part = self.judge.score(images[idx], [prompts[i] for i in idx])
+                out.update({f"judge/{group}/{k}": v for k, v in part.items()})
+        return out

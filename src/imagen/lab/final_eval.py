@@ -8,15 +8,21 @@
       overrides: [eval=webdataset]               # conf/evaluate.yaml overrides (groups too), as on its command line
       settings: {guidance: [1, 3, 6], steps: 20} # conf/evaluate.yaml values (command-line friendly: a dict)
       grid: {thresholding: [none, static, dynamic]}   # one evaluation per combination (a group or a value)
+      curve: {enabled: true, settings: {guidance: [3], eval: {n_per_category: 64}}}   # every step_*.ckpt too
 
 Each combination is one `scripts/evaluate.py` run composed from conf/evaluate.yaml, written to
 `<run_dir>/eval/<key=value,...>/` (metrics.json, pareto.png, grids) and logged as its own W&B run
 (job_type=eval) in the job's group, so `scripts/compare_runs.py` can draw every arm's curves.
+
+`curve` evaluates every periodic checkpoint (`step_*.ckpt`) the same way with its own settings (usually one
+weight and fewer prompts) into `<run_dir>/curve/<checkpoint>/`, and plots the judge's accuracy per category
+against the training minutes stored in each checkpoint (`<run_dir>/curve/learning_curve.png`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +32,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imagen.build import build_stage
 from imagen.config import conf_dir, job_dirname
+from imagen.data.captions import CATEGORIES
 from imagen.eval.guidance_sweep import evaluate
+from imagen.eval.learning_curve import curve_points, plot_learning_curve
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,9 @@ def plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig, dict[st
     overrides = [str(o) for o in fe.get("overrides", [])]
     settings = OmegaConf.to_container(fe.settings, resolve=True)
     out = []
+    if fe.get("curve", {}).get("enabled", False):
+        curve_settings = OmegaConf.to_container(fe.curve.settings, resolve=True)
+        out.append(("curve", {}, *compose_eval({}, overrides, OmegaConf.merge(settings, curve_settings))))
     for combo in combinations(OmegaConf.to_container(fe.grid, resolve=True)):
         if "aug_level" in combo and not stage.can_sample(float(combo["aug_level"])):
             log.info(
@@ -118,24 +129,39 @@ def run_final_eval(cfg: DictConfig, run_dir: Path, record, name: str | None, tag
         raise FileNotFoundError(f"final_eval: {ckpt} does not exist (the job saved no checkpoint)")
     dirs = []
     for combo_name, combo, eval_cfg, choices in plan(cfg):
-        out = run_dir / "eval" / combo_name
-        dirs.append(out)
-        if record.data["evals"].get(combo_name, {}).get("status") == "completed":
-            log.info("final_eval %s: already done in %s", combo_name, out)
-            continue
-        with open_dict(eval_cfg):
-            ckpts = [*cfg.final_eval.below, str(ckpt)]
-            eval_cfg.ckpt = ckpts if len(ckpts) > 1 else ckpts[0]
-            if "seed" not in cfg.final_eval.settings:
-                eval_cfg.seed = cfg.seed  # the job's seed also draws its evaluation's noise
-            eval_cfg.logger.group = cfg.ablation
-            eval_cfg.logger.name = f"{name}/eval/{combo_name}" if name else None
-        log.info("final_eval %s -> %s", combo_name, out)
-        evaluate(eval_cfg, out, choices={**choices, **{f"train/{t.split('=')[0]}": t.split("=", 1)[1] for t in tags}})
-        record.data["evals"][combo_name] = {
-            "status": "completed",
-            "dir": str(out.relative_to(run_dir)),
-            "overrides": combo,
-        }
-        record.update()
+        if combo_name == "curve":  # record key, folder, checkpoint
+            targets = [(f"curve/{p.stem}",) * 2 + (p,) for p in sorted((run_dir / "checkpoints").glob("step_*.ckpt"))]
+        else:
+            targets = [(combo_name, f"eval/{combo_name}", ckpt)]
+        for key, folder, path in targets:
+            out = run_dir / folder
+            dirs.append(out)
+            if record.data["evals"].get(key, {}).get("status") == "completed":
+                log.info("final_eval %s: already done in %s", key, out)
+                continue
+            _evaluate_one(cfg, eval_cfg.copy(), path, out, folder, name, {**choices, **_train_tags(tags)})
+            record.data["evals"][key] = {"status": "completed", "dir": folder, "overrides": combo}
+            record.update()
+        if combo_name == "curve" and targets:
+            runs = [json.loads((run_dir / folder / "metrics.json").read_text()) for _, folder, _ in targets]
+            categories = [c for c in CATEGORIES if f"judge/{c}" in runs[-1]["results"][0]]
+            plot_learning_curve(
+                curve_points(runs, None, categories), categories, run_dir / "curve" / "learning_curve.png"
+            )
     return dirs
+
+
+def _train_tags(tags: list[str]) -> dict[str, str]:
+    return {f"train/{t.split('=')[0]}": t.split("=", 1)[1] for t in tags}
+
+
+def _evaluate_one(cfg: DictConfig, eval_cfg: DictConfig, ckpt: Path, out: Path, key: str, name, choices) -> None:
+    with open_dict(eval_cfg):
+        ckpts = [*cfg.final_eval.below, str(ckpt)]
+        eval_cfg.ckpt = ckpts if len(ckpts) > 1 else ckpts[0]
+        if "seed" not in cfg.final_eval.settings:
+            eval_cfg.seed = cfg.seed  # the job's seed also draws its evaluation's noise
+        eval_cfg.logger.group = cfg.ablation
+        eval_cfg.logger.name = f"{name}/{key}" if name else None
+    log.info("final_eval %s -> %s", key, out)
+    evaluate(eval_cfg, out, choices=choices)
