@@ -405,7 +405,8 @@ def test_compare_runs_from_wandb_matches_the_folders():
 
 # ------------------------------------------------------------------------------------- experiments and launchers
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml") if not p.stem.startswith("_"))
-ABLATIONS = [e for e in EXPERIMENTS if not e.startswith("sr")]  # sr64_tiny / sr128_crops_tiny are single stages
+ABLATIONS = [e for e in EXPERIMENTS if not e.startswith(("sr", "composition"))]  # sr*: single stages
+RECIPE_CHECKS = [e for e in EXPERIMENTS if e.startswith("composition")]  # the `_tiny` recipe's own checks (issue 14)
 
 
 def sweep_params(name: str) -> dict[str, list[str]]:
@@ -438,7 +439,7 @@ def test_every_paper_ablation_has_a_paper_and_a_tiny_experiment():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [e for e in ABLATIONS if e.endswith("_tiny")])
+@pytest.mark.parametrize("name", [e for e in ABLATIONS if e.endswith("_tiny")] + RECIPE_CHECKS)
 def test_every_tiny_experiment_arm_trains_a_step(name, tmp_path):
     grid = sweep_params(name)
     arms = [[]] + [[f"{k}={v}"] for k, vs in grid.items() for v in vs]
