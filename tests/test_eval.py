@@ -399,6 +399,15 @@ def test_holdout_eval_splits_novel_and_seen_prompts():
     assert scores["judge/novel/n/all"] == scores["judge/seen/n/all"] == 24
     with pytest.raises(ValueError, match="holdout_pairs"):
         HoldoutEval().bind(compose_cfg([]), 32)
+    relations_only = HoldoutEval(n_per_category=3).bind(compose_cfg(world[1:]), 32).prompts()
+    assert {(p["category"], p["novel"]) for p in relations_only} == {
+        ("counting", False),
+        ("colors", False),
+        ("positional", False),
+        ("positional", True),
+        ("descriptions", False),
+        ("descriptions", True),
+    }  # a relation can make only positional and descriptions captions novel
 
 
 def test_wilson_interval_closed_form():

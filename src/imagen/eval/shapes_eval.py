@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from imagen.data.captions import CATEGORIES
 from imagen.data.shapes import ShapesWorld
 from imagen.eval.judge import Judge
 from imagen.eval.suite import EvalSuite
@@ -164,15 +165,20 @@ class HoldoutEval(ShapesEval):
     def _draw(self) -> None:
         super()._draw()  # the reference images for FID/KID: the training world's distribution
         want = self.n_per_category
+        # counting and colors captions state no relation: only a held-out pair can make them novel
+        novel_possible = {c: bool(self.world.holdout_pairs) or c not in ("counting", "colors") for c in CATEGORIES}
         groups: dict[tuple[str, bool], list[dict]] = {
-            (c, novel): [] for c in self.world.category_weights for novel in (False, True)
+            (c, novel): []
+            for c in self.world.category_weights
+            for novel in (False, True)
+            if novel_possible[c] or not novel
         }
         limit = self.max_tries_per_prompt * want * len(groups)
         i = 0
         while i < limit and any(len(v) < want for v in groups.values()):
             s = self.open_world.sample(i, seed=self.seed, split="val", render=False)
             key = (s.meta["category"], self.world.uses_holdout(s.meta))
-            if len(groups[key]) < want:
+            if key in groups and len(groups[key]) < want:
                 groups[key].append(
                     {
                         "caption": s.caption,
