@@ -368,6 +368,7 @@ def test_single_object_eval_draws_only_single_objects():
     assert all(len(p["objects"]) == 1 and p["constraints"][0]["n"] == 1 for p in prompts)
 
 
+@pytest.mark.slow
 def test_holdout_eval_splits_novel_and_seen_prompts():
     world = [
         "data.world.holdout_pairs=[red triangle]",
