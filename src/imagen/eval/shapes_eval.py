@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from imagen.data.captions import CATEGORIES
-from imagen.data.shapes import ShapesWorld
+from imagen.data.shapes import ShapesSample, ShapesWorld
 from imagen.eval.judge import Judge
 from imagen.eval.suite import EvalSuite
 
@@ -26,6 +26,18 @@ ALIGNMENTS = ("accuracy", "partial/all")
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def prompt_entry(index: int, sample: ShapesSample) -> dict:
+    """A val-split sample as an evaluation prompt (its caption, category, constraints, index and objects)."""
+    meta = sample.meta
+    return {
+        "caption": sample.caption,
+        "category": meta["category"],
+        "constraints": meta["constraints"],
+        "index": index,
+        "objects": meta["objects"],
+    }
 
 
 class ShapesEval(EvalSuite):
@@ -96,14 +108,7 @@ class ShapesEval(EvalSuite):
         self._prompts, self._reference = [], []
         for c in cats:
             for k, (idx, s) in enumerate(found[c]):
-                entry = {
-                    "caption": s.caption,
-                    "category": c,
-                    "constraints": s.meta["constraints"],
-                    "index": idx,
-                    "objects": s.meta["objects"],
-                }
-                (self._prompts if k < self.n_per_category else self._reference).append(entry)
+                (self._prompts if k < self.n_per_category else self._reference).append(prompt_entry(idx, s))
 
     def prompts(self) -> list[dict]:
         if self._prompts is None:
@@ -179,16 +184,7 @@ class HoldoutEval(ShapesEval):
             s = self.open_world.sample(i, seed=self.seed, split="val", render=False)
             key = (s.meta["category"], self.world.uses_holdout(s.meta))
             if key in groups and len(groups[key]) < want:
-                groups[key].append(
-                    {
-                        "caption": s.caption,
-                        "category": s.meta["category"],
-                        "constraints": s.meta["constraints"],
-                        "index": i,
-                        "objects": s.meta["objects"],
-                        "novel": key[1],
-                    }
-                )
+                groups[key].append({**prompt_entry(i, s), "novel": key[1]})
             i += 1
         self._prompts = [p for (_, novel), v in sorted(groups.items(), key=lambda kv: kv[0][1]) for p in v]
 
