@@ -75,7 +75,17 @@ def test_kill_9_and_resume_is_bitwise_exact(tmp_path, workers):
         train_cmd(data, killed, workers), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "step_0000004.ckpt").is_file():
+
+    def step_3_logged() -> bool:
+        try:
+            return 3 in train_steps(killed)
+        except (OSError, ValueError, KeyError):  # not written yet, or a line read half-appended
+            return False
+
+    # The kill comes after the step-4 checkpoint and after the CSV flush of step 3's row. Lightning logs a step's row
+    # after that step's checkpoint callback and the row is flushed at the next step, so a kill in between loses
+    # that one row of metrics.csv (a known limit, in the README); the weights are exact either way.
+    while not ((killed / "checkpoints" / "step_0000004.ckpt").is_file() and step_3_logged()):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-4 checkpoint"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # between the step-4 and step-6 checkpoints (or during one: writes are atomic)
