@@ -338,3 +338,39 @@ def test_tiny_trains_at_32_and_runs_at_64():
     assert out.shape == (2, 3, 32, 32)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64), torch.rand(1), emb[:1], mask[:1]).shape == (1, 3, 64, 64)
+
+
+def test_patching_is_space_to_depth_and_back():
+    """patch_size p: the network sees (B, 3*p*p, H/p, W/p) and returns full-resolution pixels that differ within a
+    patch; the feature maps (and attn_resolutions) are p times smaller, the FLOPs about p*p fewer."""
+    from imagen.flops import unet_forward_flops
+
+    model = make_unet(image_size=16, patch_size=2)  # feature maps 8, 4: SMALL's attn_resolutions [8, 4]
+    assert model.input_conv.in_channels == 12 and model.out[-1].out_channels == 12
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    _, t, emb, mask = inputs()
+    seen = []
+    model.input_conv.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape, out.shape)))
+    out = model(x, t, emb, mask)
+    assert seen == [((2, 12, 8, 8), (2, 16, 8, 8))] and out.shape == (2, 3, 16, 16)
+    assert not torch.allclose(out[..., 0::2, 0::2], out[..., 1::2, 0::2])  # a pixel each, not one per patch
+    # pixel (2i + a, 2j + b) of channel c is the head's channel 4c + 2a + b at (i, j) (pixel_shuffle's layout)
+    head = model.out(model.body(model.network_input(x, None), *model.condition(t, emb, mask)))
+    assert torch.equal(out[:, 1, 5::2, 2::2], head[:, 4 * 1 + 2 * 1 + 0, 2:, 1:])
+    patched = make_unet(image_size=16, patch_size=2, dtype=torch.float32, randomize=False)
+    flat = make_unet(image_size=16, attn_resolutions=[16, 8], dtype=torch.float32, randomize=False)
+    assert 0.2 < unet_forward_flops(patched, 8) / unet_forward_flops(flat, 8) < 0.3
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(image_size=16, patch_size=3), "patch_size 3 must be a positive divisor of image_size 16"),
+        (dict(image_size=8, patch_size=0), "patch_size 0 must be a positive divisor of image_size 8"),
+        (dict(image_size=16, patch_size=2, attn_resolutions=[16]), "attention resolution 16 is never reached"),
+    ],
+)
+def test_invalid_patching(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        UNet(**{**SMALL, "text_dim": TEXT_DIM, "cond": CrossAttentionConditioning, **overrides})

@@ -110,7 +110,7 @@ def unet_inputs(unet: nn.Module, batch: int, text_len: int, device: str | torch.
     """Inputs of one call of a ConditionalUNet (base or SR) at its training resolution, every text token valid."""
     size, lowres_channels = unet.image_size, unet.lowres_channels
     inputs = {
-        "x": torch.zeros(batch, unet.input_conv.in_channels - lowres_channels, size, size, device=device),
+        "x": torch.zeros(batch, unet.in_channels, size, size, device=device),
         "t": torch.zeros(batch, device=device),
         "text_emb": torch.zeros(batch, text_len, unet.text_cond.text_dim, device=device),
         "text_mask": torch.ones(batch, text_len, dtype=torch.bool, device=device),
