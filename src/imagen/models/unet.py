@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from imagen.models.attention import AttentionBlock, CrossAttentionBlock, check_attention_backend
 from imagen.models.embeddings import TimestepEmbedding
@@ -121,6 +120,9 @@ class ConditionalUNet(nn.Module):
         channels are put back (pixel_shuffle) -- the "simple diffusion" patching (Hoogeboom et al. 2023), not in
         Imagen: every feature map is p times smaller on each side, about p*p fewer FLOPs at the same widths."""
         self.lowres_channels, self.in_channels, self.patch_size = lowres_channels, in_channels, patch_size
+        # Identity at p = 1: torch's pixel_(un)shuffle copy the tensor even then (no parameters either way).
+        self.patchify = nn.PixelUnshuffle(patch_size) if patch_size > 1 else nn.Identity()
+        self.unpatchify = nn.PixelShuffle(patch_size) if patch_size > 1 else nn.Identity()
         self.time_embed = TimestepEmbedding(channels, embed_dim)
         self.aug_embed = TimestepEmbedding(channels, embed_dim) if lowres_channels else None
         self.input_conv = nn.Conv2d((in_channels + lowres_channels) * patch_size**2, channels, 3, padding=1)
@@ -149,7 +151,7 @@ class ConditionalUNet(nn.Module):
                 f"{'none' if lowres is None else lowres.shape[1]}"
             )
         x = x if lowres is None else torch.cat([x, lowres], dim=1)
-        return self.input_conv(F.pixel_unshuffle(x, self.patch_size))  # (B, C*p*p, H/p, W/p) -> conv
+        return self.input_conv(self.patchify(x))  # (B, C*p*p, H/p, W/p) -> conv
 
     def body(self, h: Tensor, emb: Tensor, cond: TextCond) -> Tensor:
         """(B, channels, H, W) -> (B, C_last, H, W): the down, middle and up paths with their skips."""
@@ -168,7 +170,7 @@ class ConditionalUNet(nn.Module):
         # SR stages: lowres (B, lowres_channels, H, W) upsampled conditioning image; aug_level (B,) in [0, 1]
         emb, cond = self.condition(t, text_emb, text_mask, aug_level)  # (B, E), text
         h = self.network_input(x, lowres)  # (B, channels, H, W)
-        return F.pixel_shuffle(self.out(self.body(h, emb, cond)), self.patch_size)  # (B, C_out, H, W)
+        return self.unpatchify(self.out(self.body(h, emb, cond)))  # (B, C_out, H, W)
 
 
 class UNet(ConditionalUNet):
