@@ -34,7 +34,8 @@ know, e.g. any CPU) and `mfu` (null then too).
 `bench.compare` times variants of the same weights in one process, their windows interleaved and rotated like the text
 modes': the config as given (`baseline`) and each listed variant, a `+`-joined set of switches -- `compile`
 (torch.compile the U-Net) / `eager`, `channels_last` / `contiguous`, `attention=NAME` (sdpa | xformers | math),
-`cudnn_benchmark` (cuDNN picks convolution algorithms by timing them) -- e.g. `compile+channels_last`. Each variant reports its step time, images/s, MFU and its ratio to the baseline under
+`cudnn_benchmark` (cuDNN picks convolution algorithms by timing them), `bf16` / `fp32` (bfloat16 autocast, as
+Lightning's bf16-mixed) -- e.g. `compile+channels_last`. Each variant reports its step time, images/s, MFU and its ratio to the baseline under
 `compare`; `warmup_s` includes the variant's compilation.
 
     python scripts/benchmark.py bench.mode=data bench.resolutions=[64,256] bench.workers=[0,2]
@@ -110,6 +111,7 @@ DEFAULTS = {
 SWITCHES = {"compile": ("compile", True), "eager": ("compile", False)}
 SWITCHES |= {"channels_last": ("channels_last", True), "contiguous": ("channels_last", False)}
 SWITCHES |= {"cudnn_benchmark": ("cudnn_benchmark", True)}  # cuDNN autotuning (Lightning's Trainer(benchmark=...))
+SWITCHES |= {"bf16": ("precision", "bf16"), "fp32": ("precision", "fp32")}  # bfloat16 autocast (Lightning's bf16-mixed)
 
 
 def world_captions(n: int) -> list[str]:
@@ -134,7 +136,7 @@ def encode_throughput(encoder, captions: list[str], batch: int, repeats: int, sy
 
 
 def parse_variant(name: str, baseline: dict) -> dict:
-    """The settings {"compile", "channels_last", "attention", "cudnn_benchmark"} of a `bench.compare` variant: the
+    """The settings {"compile", "channels_last", "attention", "cudnn_benchmark", "precision"} of a `bench.compare` variant: the
     baseline's, with the variant's `+`-joined switches applied."""
     settings = dict(baseline)
     for switch in str(name).split("+"):
@@ -199,6 +201,7 @@ def benchmark(cfg) -> dict:
         "channels_last": bool(cfg.get("channels_last", False)),
         "attention": cfg.unet.get("attention") or "sdpa",
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),  # False unless set: Lightning's default too
+        "precision": precision,
     }
     check_attention_backend(baseline["attention"])  # before the encoder is loaded: a bad backend fails at once
     compare = {str(name): parse_variant(name, baseline) for name in bench["compare"]}  # bad names: before building
@@ -221,7 +224,7 @@ def benchmark(cfg) -> dict:
     text_len = module.encode(batch["caption"])[0].shape[1]  # tokens of the batch's captions, padded to the longest
     flops_per_image = training_flops_per_image(module.unet, text_len)
 
-    def step(mode: str = "online"):
+    def step(mode: str = "online", precision: str = precision):
         text = {}
         if mode == "cache":  # what the data pipeline hands the module: stored rows, padded by collate
             emb, mask = pad_rows(cached_rows)
@@ -256,7 +259,7 @@ def benchmark(cfg) -> dict:
             with variants.active(settings[arm[1]]):
                 start = time.perf_counter()
                 for _ in range(bench["warmup"]):
-                    step(arm[0])
+                    step(arm[0], settings[arm[1]]["precision"])
                 sync()
                 warmup_s[arm] = time.perf_counter() - start
         except Exception as err:  # any failure of a variant is reported; the baseline's is raised
@@ -273,7 +276,7 @@ def benchmark(cfg) -> dict:
             with variants.active(settings[arm[1]]):
                 start = time.perf_counter()
                 for _ in range(bench["steps"]):
-                    step(arm[0])
+                    step(arm[0], settings[arm[1]]["precision"])
                 sync()
                 windows[arm].append((time.perf_counter() - start) / bench["steps"])
     per_step = windows[("online", "baseline")]
@@ -309,7 +312,6 @@ def benchmark(cfg) -> dict:
         "batch_size": b,
         "device": device_name,
         "threads": torch.get_num_threads(),
-        "precision": precision,
         **baseline,
         "median_s_per_step": round(med, 5),
         "min_s_per_step": round(min(per_step), 5),

@@ -388,13 +388,15 @@ def test_benchmark_reports_mfu_and_compares_variants(capsys):
     import benchmark
 
     bench = ["bench.batch_size=2", "bench.steps=1", "bench.warmup=1", "bench.repeats=1"]
-    benchmark.main([*TINY, *bench, "bench.compare=[channels_last+attention=math]"])
+    benchmark.main([*TINY, *bench, "bench.compare=[channels_last+attention=math+bf16]"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["flops_per_image"] > 0 and out["achieved_tflops"] > 0 and out["text_len"] > 0
     assert out["peak_tflops"] is None and out["mfu"] is None  # a CPU: no peak in the table
-    assert set(out["compare"]) == {"baseline", "channels_last+attention=math"}
-    variant = out["compare"]["channels_last+attention=math"]
+    assert set(out["compare"]) == {"baseline", "channels_last+attention=math+bf16"}
+    variant = out["compare"]["channels_last+attention=math+bf16"]
     assert variant["channels_last"] and variant["attention"] == "math" and not variant["compile"]
+    assert variant["precision"] == "bf16" and out["compare"]["baseline"]["precision"] == "fp32"
+    assert "error" not in variant and variant["images_per_s"] > 0  # the bf16 autocast step ran
     assert out["compare"]["baseline"]["ratio"] == 1.0
     with pytest.raises(SystemExit):
         benchmark.main([*TINY, *bench, "bench.compare=[fast]"])

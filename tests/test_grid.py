@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from imagen import images
 from imagen.data.datamodule import WebDataModule
 from imagen.lightning import grid
-from imagen.lightning.callbacks import EMA, ExponentialAverage, SampleGrid
+from imagen.lightning.callbacks import EMA, Checkpoints, ExponentialAverage, SampleGrid
 from imagen.run import run
 
 LONG = "a red circle and a yellow square above a small green triangle next to a blue hexagon"
@@ -98,17 +98,20 @@ class RawWeights(pl.Callback):
         self.raw.append(pl_module.w.item())
 
 
-def _fit(tmp_path, max_steps: int, ema, interval: int = 2, at_end: bool = True) -> tuple[Toy, RawWeights, pl.Trainer]:
+def _fit(
+    tmp_path, max_steps: int, ema, interval: int = 2, at_end: bool = True, checkpoints: int | None = None
+) -> tuple[Toy, RawWeights, pl.Trainer]:
     module, samples, raw = Toy(), SampleGrid(str(tmp_path / "samples"), per_row=1, at_end=at_end), RawWeights()
     val = DataLoader([{"caption": ["a prompt"]}], batch_size=None)
+    saving = [Checkpoints(str(tmp_path / "checkpoints"), every_n_train_steps=checkpoints)] if checkpoints else []
     trainer = pl.Trainer(
         max_steps=max_steps,
         val_check_interval=interval,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        callbacks=[ema, samples, raw],
+        callbacks=[ema, samples, raw, *saving],
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=bool(checkpoints),
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
@@ -126,6 +129,19 @@ def test_the_last_step_samples_once_with_the_ema_weights(tmp_path, max_steps, st
     # The last validation saw the average (copied into the module when training ends), not the raw weights.
     assert module.seen[-1][1] == pytest.approx(module.w.item())
     assert abs(module.seen[-1][1] - raw.raw[-1]) > 1e-3
+
+
+@pytest.mark.parametrize("max_steps", [3, 4])
+def test_the_final_checkpoint_holds_the_raw_weights_besides_the_average(tmp_path, max_steps):
+    """The final step is saved also when max_steps is not a multiple of the interval (3 vs 2), with the raw weights
+    as `current_model_state`: not the average that weight averaging copies into the module when training ends."""
+    _, raw, _ = _fit(tmp_path, max_steps, EMA(decay=0.5, start_step=0), checkpoints=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert names == sorted({"last.ckpt", "step_0000002.ckpt", f"step_{max_steps:07d}.ckpt"})
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == max_steps
+    assert state["current_model_state"]["w"].item() == pytest.approx(raw.raw[-1])
+    assert abs(state["state_dict"]["w"].item() - raw.raw[-1]) > 1e-3  # the average, a different weight
 
 
 def test_sample_grid_at_end_can_be_turned_off(tmp_path):

@@ -114,8 +114,8 @@ class EMA(WeightAveraging):
 
 class Checkpoints(ModelCheckpoint):
     """Lightning's ModelCheckpoint as the lab uses it: `step_XXXXXXX.ckpt` every `every_n_train_steps`, all kept,
-    `last.ckpt`, and a checkpoint of the final step even when max_steps is not a multiple of the interval (Lightning
-    skips it then), so a finished run's `last.ckpt` is its final model. Files are written atomically
+    `last.ckpt`, and a checkpoint of the final step (and of any epoch's end) even when max_steps is not a multiple of
+    the interval (Lightning skips it then), so a finished run's `last.ckpt` is its final model. Files are written atomically
     (:class:`~imagen.lightning.checkpoint_io.AtomicCheckpointIO`): a kill never leaves a truncated checkpoint."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500):
@@ -135,8 +135,11 @@ class Checkpoints(ModelCheckpoint):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make it atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The final step's checkpoint is written here (the training stream is one endless epoch, which ends when
+        training does), not in `on_train_end`: there weight averaging (the EMA) has already copied the average into
+        the module, and the checkpoint's raw weights (`current_model_state`) would be the average."""
+        super().on_train_epoch_end(trainer, pl_module)
         final = Path(self.dirpath) / f"step_{trainer.global_step:07d}.ckpt"
         # Rank 0 decides for all: save_checkpoint is collective (rank 0 writes, every rank meets at a barrier).
         if trainer.strategy.broadcast(bool(trainer.global_step) and not final.is_file()):
