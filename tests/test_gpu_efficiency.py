@@ -334,9 +334,10 @@ def _loss_and_grads(cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor], nn.Modu
 
 
 def test_channels_last_gives_the_same_loss():
-    ref_loss, ref_grads, _ = _loss_and_grads(compose_cfg(TINY))
-    loss, grads, unet = _loss_and_grads(compose_cfg([*TINY, "++channels_last=true"]))
+    ref_loss, ref_grads, ref = _loss_and_grads(compose_cfg([*TINY, "channels_last=false"]))
+    loss, grads, unet = _loss_and_grads(compose_cfg([*TINY, "channels_last=true"]))
     assert unet.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not ref.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
