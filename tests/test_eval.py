@@ -373,6 +373,8 @@ def test_holdout_eval_splits_novel_and_seen_prompts():
     world = [
         "data.world.holdout_pairs=[red triangle]",
         "data.world.holdout_relations=[[blue circle,left_of,green square]]",
+        # the `_tiny` recipe's balanced mix (the default world is 76.5 % single objects: too few relations to draw from)
+        "data.world.categories={counting:0.5,colors:0.3,positional:0.15,descriptions:0.05}",
     ]
     suite = HoldoutEval(n_per_category=6, n_reference_per_category=4).bind(compose_cfg(world), 32)
     prompts = suite.prompts()

@@ -148,12 +148,13 @@ class FrozenTextEncoder(nn.Module):
         if self.memo_size == 0:
             return self.encode(captions)
         missing = list(dict.fromkeys(c for c in captions if c not in self._memo))
-        if missing:
-            emb, mask = self.encode(missing)
-            for c, e, m in zip(missing, emb, mask):
-                self._memo[c] = e[m]  # (L_c, D): the caption's own tokens
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
+        for c in missing:
+            # Alone, unpadded: a memoised embedding must not depend on the batch the caption first came in (padding
+            # and batch shape change the float rounding), or a resumed run, whose memo starts empty, is not exact.
+            emb, mask = self.encode([c])
+            self._memo[c] = emb[0][mask[0]]  # (L_c, D): the caption's own tokens
+        while len(self._memo) > self.memo_size:
+            self._memo.popitem(last=False)
         rows = [self._memo[c] for c in captions]
         for c in captions:
             self._memo.move_to_end(c)
