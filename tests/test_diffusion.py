@@ -12,7 +12,7 @@ from imagen.diffusion.samplers import AncestralSampler, DDIMSampler
 from imagen.diffusion.schedule import CosineSchedule, LinearSchedule
 from imagen.diffusion.thresholding import DynamicThresholding, NoThresholding, StaticThresholding
 
-SCHEDULES = [CosineSchedule(), LinearSchedule()]
+SCHEDULES = [CosineSchedule(), CosineSchedule(shift=2.0), CosineSchedule(shift=0.5), LinearSchedule()]
 PARAMS = [EpsPrediction(), X0Prediction(), VPrediction()]
 T = torch.linspace(0, 1, 1001, dtype=torch.float64)
 
@@ -36,6 +36,24 @@ def test_cosine_endpoints_and_midpoint():
     torch.testing.assert_close(lam, torch.tensor([20.0, -20.0], dtype=torch.float64))
     # Unclipped cosine schedule: alpha_t = cos(pi t / 2), so lambda(1/2) = 0.
     assert abs(CosineSchedule(-80, 80).logsnr(torch.tensor(0.5, dtype=torch.float64)).item()) < 1e-9
+
+
+@pytest.mark.parametrize("shift", [0.25, 0.5, 2.0, 4.0])
+def test_shifted_cosine_adds_2_log_shift_everywhere(shift):
+    # simple diffusion's shifted cosine: lambda_s(t) = -2 log tan(pi t / 2) + 2 log s, at every t and at the clip bounds;
+    # at the midpoint of the unclipped schedule, SNR = s^2.
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    torch.testing.assert_close(
+        CosineSchedule(-20, 20, shift=shift).logsnr(t), CosineSchedule(-20, 20).logsnr(t) + 2 * np.log(shift)
+    )
+    alpha, sigma = CosineSchedule(-80, 80, shift=shift).alpha_sigma(torch.tensor(0.5, dtype=torch.float64))
+    assert abs((alpha / sigma).item() - shift) < 1e-9
+
+
+@pytest.mark.parametrize("shift", [0.0, -1.0])
+def test_shifted_cosine_refuses_a_non_positive_shift(shift):
+    with pytest.raises(ValueError, match="shift > 0"):
+        CosineSchedule(shift=shift)
 
 
 def test_linear_matches_ddpm_betas():

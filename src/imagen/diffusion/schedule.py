@@ -36,16 +36,24 @@ class CosineSchedule(LogSNRSchedule):
 
     alpha_t = cos(pi t / 2) gives lambda_t = -2 log tan(pi t / 2); t is rescaled so that lambda stays in
     [logsnr_min, logsnr_max] and z_0 / z_1 are numerically usable.
+
+    `shift` s != 1 is the "shifted cosine" of simple diffusion (Hoogeboom et al. 2023, §3.1), not in Imagen:
+    lambda_t + 2 log s at every t, clipping range included; s > 1 puts every step at a higher SNR (less noise), as
+    their rule s = 64 / resolution does for images smaller than 64 px, s < 1 at a lower one. It moves training (t
+    is still uniform) and the samplers' steps together.
     """
 
-    def __init__(self, logsnr_min: float = -20.0, logsnr_max: float = 20.0):
+    def __init__(self, logsnr_min: float = -20.0, logsnr_max: float = 20.0, shift: float = 1.0):
         if not logsnr_min < logsnr_max:
             raise ValueError(f"cosine schedule needs logsnr_min < logsnr_max, got {logsnr_min} >= {logsnr_max}")
+        if not shift > 0:
+            raise ValueError(f"cosine schedule needs shift > 0 (1: unshifted), got {shift}")
         self.t_min = math.atan(math.exp(-0.5 * logsnr_max))
         self.t_max = math.atan(math.exp(-0.5 * logsnr_min))
+        self.logsnr_shift = 2.0 * math.log(shift)
 
     def logsnr(self, t: Tensor) -> Tensor:
-        return -2.0 * torch.log(torch.tan(self.t_min + t * (self.t_max - self.t_min)))
+        return -2.0 * torch.log(torch.tan(self.t_min + t * (self.t_max - self.t_min))) + self.logsnr_shift
 
 
 class LinearSchedule(LogSNRSchedule):
