@@ -82,7 +82,7 @@ def test_trainer_options():
     assert (cpu.accelerator, cpu.precision) == ("cpu", "32-true")
     assert (gpu.accelerator, gpu.precision) == ("gpu", "bf16-mixed")
     trainer = instantiate(cpu, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    assert trainer.max_steps == 1100 and trainer.val_check_interval == 550  # conf/trainer/cpu.yaml
+    assert trainer.max_steps == 2200 and trainer.val_check_interval == 1100  # conf/trainer/cpu.yaml
 
 
 def test_webdataset_needs_urls_and_names_missing_paths(tmp_path):

@@ -70,7 +70,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path, ckpt):
     with pytest.raises(ValueError, match="imagen_config"):
         load_model(tmp_path / "old.ckpt")
     with pytest.raises(ValueError, match="does not match"):
-        load_model(ckpt, {"unet.channels": 16}, device="cpu")
+        load_model(ckpt, {"unet.channels": 64}, device="cpu")
     assert flatten({"encoder": {"path": "/x"}, "seed": 1}) == {"encoder.path": "/x", "seed": 1}
 
 

@@ -21,6 +21,7 @@ from imagen.models.text_conditioning import (
 from imagen.models.unet import UNet
 
 from conftest import CONF as CONF_DIR
+from conftest import compose_cfg
 
 CONF = Path(CONF_DIR)
 CONDS = {
@@ -274,14 +275,21 @@ def test_cond_yaml_is_a_partial(cond):
     assert isinstance(module, CONDS[cond])
 
 
-SIZES = {"tiny": (1e6, 8e6), "base_300m": 300e6, "base_500m": 500e6, "base_1b": 1e9, "base_2b": 2e9}
+SIZES = {
+    "tiny": (1e6, 8e6),
+    "tiny_p2": (1e6, 8e6),
+    "base_300m": 300e6,
+    "base_500m": 500e6,
+    "base_1b": 1e9,
+    "base_2b": 2e9,
+}
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_parameter_counts(name):
     """Every conf/unet size, built on the meta device with T5-XXL text (4096) and cross attention."""
-    cfg = OmegaConf.load(CONF / "unet" / f"{name}.yaml")
-    image_size = 32 if name == "tiny" else 64
+    cfg = compose_cfg([f"unet={name}"]).unet  # composed: an option may extend another (tiny_p2: tiny + patches)
+    image_size = 32 if name.startswith("tiny") else 64
     cond = instantiate(OmegaConf.load(CONF / "cond" / "cross_attn.yaml"))
     with torch.device("meta"):
         model = instantiate(cfg)(image_size=image_size, text_dim=4096, cond=cond)
