@@ -16,6 +16,7 @@ from imagen.models.text_conditioning import (
     AttentionPoolConditioning,
     CrossAttentionConditioning,
     MeanPoolConditioning,
+    SeparateCrossAttentionConditioning,
     TextCond,
 )
 from imagen.models.unet import UNet
@@ -26,6 +27,7 @@ from conftest import compose_cfg
 CONF = Path(CONF_DIR)
 CONDS = {
     "cross_attn": CrossAttentionConditioning,
+    "cross_attn_separate": SeparateCrossAttentionConditioning,
     "attn_pool": AttentionPoolConditioning,
     "mean_pool": MeanPoolConditioning,
 }
@@ -115,9 +117,10 @@ def test_mask_honoured(cond):
     torch.testing.assert_close(changed[1], ref[1], rtol=1e-10, atol=1e-10)
 
 
-def test_cross_attention_reaches_tokens_beyond_pooling():
-    """With cross_attn the tokens feed the attention layers directly, not only through the pooled vector."""
-    model = make_unet("cross_attn")
+@pytest.mark.parametrize("cond", ["cross_attn", "cross_attn_separate"])
+def test_cross_attention_reaches_tokens_beyond_pooling(cond):
+    """With cross attention the tokens feed the attention layers directly, not only through the pooled vector."""
+    model = make_unet(cond)
     x, t, emb, mask = inputs()
     cond = model.text_cond(emb, mask)
     with torch.no_grad():
@@ -198,6 +201,27 @@ def test_cross_attention_layers_own_text_projections():
     assert len(blocks) == 7  # one per down block (8x8, 4x4), the middle, two per up level (4x4, 8x8)
     assert all(b.to_text_kv is not None for b in blocks)
     assert all(m.to_text_kv is None for m in pooled.modules() if isinstance(m, attention.AttentionBlock))
+
+
+def test_separate_cross_attention_layout():
+    """cross_attn_separate: every attention site is text-free self-attention followed by a text-only cross-attention
+    layer; its null condition (no valid token) leaves the cross-attention layers the identity."""
+    model = make_unet("cross_attn_separate")
+    kinds = [
+        type(m).__name__
+        for m in model.modules()
+        if isinstance(m, (attention.AttentionBlock, attention.CrossAttentionBlock))
+    ]
+    assert kinds == ["AttentionBlock", "CrossAttentionBlock"] * 7
+    assert all(m.to_text_kv is None for m in model.modules() if isinstance(m, attention.AttentionBlock))
+    x, t, emb, _ = inputs()
+    null = torch.zeros(2, 8, dtype=torch.bool)
+    with torch.no_grad():
+        ref = model(x, t, emb, null)
+        for m in model.modules():
+            if isinstance(m, attention.CrossAttentionBlock):
+                m.to_text_kv.weight.add_(1.0)  # the text's keys/values change: no effect without valid tokens
+        torch.testing.assert_close(model(x, t, emb, null), ref, rtol=1e-10, atol=1e-10)
 
 
 def test_attention_backend_is_pluggable():

@@ -181,6 +181,7 @@ class AttentionBlock(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.to_qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.to_text_kv = nn.Linear(context_dim, 2 * channels) if context_dim is not None else None
+        self.takes_text = context_dim is not None  # the U-Net hands it the text tokens only then
         self.to_out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
@@ -227,6 +228,7 @@ class CrossAttentionBlock(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.to_q = nn.Conv1d(channels, channels, 1)
         self.to_text_kv = nn.Linear(context_dim, 2 * channels)
+        self.takes_text = True
         self.to_out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from imagen.models.attention import AttentionBlock, CrossAttentionBlock, check_attention_backend
+from imagen.models.attention import CrossAttentionBlock, check_attention_backend
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextCond, TextConditioning
 from imagen.models.unet import ConditionalUNet, UNetStage, output_head, validate_args
@@ -81,8 +81,8 @@ class EfficientUNet(ConditionalUNet):
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
 
         def attention_blocks(level: int, width: int) -> list[nn.Module]:
-            if reachable[level] in attn_resolutions:  # self-attention (+ text keys/values)
-                return [AttentionBlock(width, head_dim, groups, context_dim, backend=attention)]
+            if reachable[level] in attn_resolutions:  # self-attention (+ text: the conditioning's layers)
+                return self.text_cond.attention_layers(width, head_dim, groups, attention)
             if level == levels - 1 and context_dim is not None:  # text cross-attention at the lowest resolution
                 return [CrossAttentionBlock(width, head_dim, groups, context_dim, backend=attention)]
             return []

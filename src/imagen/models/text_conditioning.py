@@ -6,7 +6,14 @@ Imagen compares three ways of conditioning the base model on the text-embedding 
 * MeanPoolConditioning        -- masked mean of the tokens -> MLP -> a vector added to the time embedding.
 * AttentionPoolConditioning   -- learned attention pooling -> a vector added to the time embedding.
 * CrossAttentionConditioning  -- attention pooling as above, *and* the tokens projected to a context
-                                 width for the U-Net's attention layers (the paper's default).
+                                 width for the U-Net's attention layers (the paper's default): the text
+                                 keys/values join the image's own in every self-attention layer (GLIDE).
+* SeparateCrossAttentionConditioning -- the same text pathway, but each attention site is a self-attention
+                                 layer followed by a text-only cross-attention layer with its own softmax
+                                 (the layout of latent diffusion; §2.5 says "cross attention" without the detail).
+
+Where the text enters the U-Net's attention is the conditioning's choice: `attention_layers` builds the layers
+of one attention site (the U-Nets call it wherever they place attention).
 
 `text_layernorm` applies LayerNorm to the text embeddings before pooling/projection (§2.5: "adding
 Layer Normalization to text embedding in the attention and pooling layers" improves performance).
@@ -24,6 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from imagen.models.attention import AttentionBlock, CrossAttentionBlock
 
 
 @dataclass
@@ -86,6 +95,12 @@ class TextConditioning(nn.Module):
         self.context_dim = context_dim
         self.norm = nn.LayerNorm(text_dim) if text_layernorm else nn.Identity()
 
+    def attention_layers(self, channels: int, head_dim: int, groups: int, backend: str | None) -> list[nn.Module]:
+        """The layers of one attention site of the U-Net at width `channels`: self-attention, with the text's
+        keys/values concatenated to the image's when this conditioning has tokens."""
+        context_dim = self.context_dim if self.has_tokens else None
+        return [AttentionBlock(channels, head_dim, groups, context_dim, backend=backend)]
+
     def _prepare(self, emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         # zero padded positions (whatever they held) then LayerNorm: (B, L, D_text), (B, L) bool
         mask = mask.bool()
@@ -140,3 +155,19 @@ class CrossAttentionConditioning(TextConditioning):
         x, mask = self._prepare(emb, mask)  # (B, L, D_text)
         tokens = self.to_context(x) * mask[..., None].to(x.dtype)  # (B, L, C_ctx)
         return TextCond(pooled=self.pool(x, mask), tokens=tokens, mask=mask)
+
+
+class SeparateCrossAttentionConditioning(CrossAttentionConditioning):
+    """Cross-attention conditioning whose text has its own attention layer at every site: image self-attention,
+    then image queries over the text tokens only (CrossAttentionBlock), instead of text keys/values sharing one
+    softmax with the image's (CrossAttentionConditioning). Same pooled vector and tokens.
+
+    Why an option: at 16 x 16 px the image has 256 keys and a caption ~12, so in the shared softmax the text starts
+    with ~5 % of the attention; here it has all of a layer's. Costs one (N x L) attention and a projection per site.
+    """
+
+    def attention_layers(self, channels: int, head_dim: int, groups: int, backend: str | None) -> list[nn.Module]:
+        return [
+            AttentionBlock(channels, head_dim, groups, None, backend=backend),
+            CrossAttentionBlock(channels, head_dim, groups, self.context_dim, backend=backend),
+        ]

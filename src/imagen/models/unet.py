@@ -33,7 +33,7 @@ class UNetStage(nn.Module):
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
             elif isinstance(layer, (AttentionBlock, CrossAttentionBlock)):
-                h = layer(h, cond.tokens, cond.mask)
+                h = layer(h, cond.tokens, cond.mask) if layer.takes_text else layer(h)
             else:
                 h = layer(h)
         return h
@@ -210,14 +210,13 @@ class UNet(ConditionalUNet):
 
         # Text pathway (§2.5): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
-        context_dim = embed_dim if self.text_cond.has_tokens else None
         self.add_inputs(in_channels, lowres_channels, channels, embed_dim, patch_size)
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
 
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, head_dim, groups, context_dim, backend=attention)
+        def attn(c: int) -> list[nn.Module]:  # one attention site: the conditioning decides how the text enters
+            return self.text_cond.attention_layers(c, head_dim, groups, attention)
 
         resolution, ch = image_size // patch_size, channels
         skip_channels = [ch]
@@ -227,7 +226,7 @@ class UNet(ConditionalUNet):
                 layers = [res(ch, channels * mult)]
                 ch = channels * mult
                 if resolution in attn_resolutions:
-                    layers.append(attn(ch))
+                    layers += attn(ch)
                 self.down.append(UNetStage(*layers))
                 skip_channels.append(ch)
             if level < len(channel_mult) - 1:
@@ -235,7 +234,7 @@ class UNet(ConditionalUNet):
                 skip_channels.append(ch)
                 resolution //= 2
 
-        self.middle = UNetStage(res(ch, ch), attn(ch), res(ch, ch))
+        self.middle = UNetStage(res(ch, ch), *attn(ch), res(ch, ch))
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -243,7 +242,7 @@ class UNet(ConditionalUNet):
                 layers = [res(ch + skip_channels.pop(), channels * mult)]
                 ch = channels * mult
                 if resolution in attn_resolutions:
-                    layers.append(attn(ch))
+                    layers += attn(ch)
                 if level > 0 and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     resolution *= 2
