@@ -406,3 +406,22 @@ def test_patching_is_space_to_depth_and_back():
 def test_invalid_patching(overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         UNet(**{**SMALL, "text_dim": TEXT_DIM, "cond": CrossAttentionConditioning, **overrides})
+
+
+@pytest.mark.parametrize("cond", ["cross_attn", "cross_attn_separate"])
+def test_unpooled_cross_attention(cond):
+    """pooled=False: no pooled vector and no pooling weights; the text still changes the output, through attention."""
+    torch.manual_seed(0)
+    partial = functools.partial(CONDS[cond], pooled=False)
+    model = UNet(**{**SMALL, "text_dim": TEXT_DIM, "cond": partial}).to(torch.float64).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    assert model.text_cond.pool is None and not any("pool" in n for n, _ in model.named_parameters())
+    x, t, emb, mask = inputs()
+    assert model.text_cond(emb, mask).pooled is None
+    with torch.no_grad():
+        out = model(x, t, emb, mask)
+        other = emb + torch.randn(emb.shape, dtype=emb.dtype, generator=torch.Generator().manual_seed(3))
+        assert (model(x, t, other, mask) - out).abs().max() > 1e-6
+    assert torch.isfinite(out).all()

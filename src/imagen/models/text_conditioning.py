@@ -141,20 +141,24 @@ class CrossAttentionConditioning(TextConditioning):
     """Attention-pooled vector + the token sequence projected to `context_dim` for attention (§2.5, default).
 
     tokens = Linear(LayerNorm(emb)), zeroed at padded positions; the mask is passed through so the
-    U-Net's attention layers ignore padding.
+    U-Net's attention layers ignore padding. `pooled=False` drops the pooled vector (not in the paper): the text
+    then reaches the U-Net through attention only, with no bag-of-words path into the time embedding.
     """
 
     has_tokens = True
 
-    def __init__(self, text_dim: int, embed_dim: int, context_dim: int, text_layernorm: bool = True) -> None:
+    def __init__(
+        self, text_dim: int, embed_dim: int, context_dim: int, text_layernorm: bool = True, pooled: bool = True
+    ) -> None:
         super().__init__(text_dim, embed_dim, context_dim, text_layernorm)
-        self.pool = AttentionPool(text_dim, embed_dim)
+        self.pool = AttentionPool(text_dim, embed_dim) if pooled else None
         self.to_context = nn.Linear(text_dim, context_dim)
 
     def forward(self, emb: Tensor, mask: Tensor) -> TextCond:
         x, mask = self._prepare(emb, mask)  # (B, L, D_text)
         tokens = self.to_context(x) * mask[..., None].to(x.dtype)  # (B, L, C_ctx)
-        return TextCond(pooled=self.pool(x, mask), tokens=tokens, mask=mask)
+        pooled = self.pool(x, mask) if self.pool is not None else None
+        return TextCond(pooled=pooled, tokens=tokens, mask=mask)
 
 
 class SeparateCrossAttentionConditioning(CrossAttentionConditioning):
