@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from imagen.models import attention
+from imagen.models import attention, text_conditioning
 from imagen.models.text_conditioning import (
     AttentionPoolConditioning,
     CrossAttentionConditioning,
@@ -425,3 +425,22 @@ def test_unpooled_cross_attention(cond):
         other = emb + torch.randn(emb.shape, dtype=emb.dtype, generator=torch.Generator().manual_seed(3))
         assert (model(x, t, other, mask) - out).abs().max() > 1e-6
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cond", ["cross_attn", "cross_attn_separate"])
+def test_withhold_tokens(cond):
+    """The diagnostic: with the tokens withheld the attention layers see the null condition (the tokens' projection no
+    longer matters) while the pooled vector still does; removing the hook restores the model."""
+    model = make_unet(cond)
+    x, t, emb, mask = inputs()
+    with torch.no_grad():
+        ref = model(x, t, emb, mask)
+        handle = text_conditioning.withhold_tokens(model.text_cond)
+        withheld = model(x, t, emb, mask)
+        assert (withheld - ref).abs().max() > 1e-6
+        model.text_cond.to_context.weight.add_(1.0)  # the tokens change: no effect while withheld
+        torch.testing.assert_close(model(x, t, emb, mask), withheld, rtol=1e-10, atol=1e-10)
+        model.text_cond.pool.to_out.bias.add_(1.0)  # the pooled vector still reaches the output
+        assert (model(x, t, emb, mask) - withheld).abs().max() > 1e-6
+        handle.remove()
+        assert (model(x, t, emb, mask) - ref).abs().max() > 1e-6  # tokens back (with the changed weights)

@@ -21,6 +21,7 @@ from imagen.eval.metrics import FidKid, saturation
 from imagen.eval.pareto import plot_categories, plot_pareto
 from imagen.lightning.grid import caption_grid, save_png
 from imagen.lightning.loggers import finish_wandb
+from imagen.models.text_conditioning import withhold_tokens
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
     features = instantiate(cfg.features)
     cascade, configs, infos = load_cascade(OmegaConf.merge(cfg, {"guidance": [*lower_w, weights[0]]}))
     module, train_cfg, info = cascade.modules[-1], configs[-1], infos[-1]
+    if not cfg.get("text_tokens", True):  # the diagnostic: the last stage's attention layers see no text tokens
+        withhold_tokens(module.unet.text_cond)
     sampler, thresholding = cascade.settings[-1].sampler, cascade.settings[-1].thresholding
     suite = suite.bind(train_cfg, module.image_size)
     prompts = suite.prompts()
@@ -87,6 +90,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = No
         "step": info["global_step"],
         "train_seconds": info.get("train_seconds"),
         "ema": info["ema"],
+        "text_tokens": bool(cfg.get("text_tokens", True)),
         "suite": suite.name,
         "alignment_key": suite.alignment_key,
         "features": getattr(features, "name", type(features).__name__),

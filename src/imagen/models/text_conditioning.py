@@ -175,3 +175,17 @@ class SeparateCrossAttentionConditioning(CrossAttentionConditioning):
             AttentionBlock(channels, head_dim, groups, None, backend=backend),
             CrossAttentionBlock(channels, head_dim, groups, self.context_dim, backend=backend),
         ]
+
+
+def withhold_tokens(text_cond: TextConditioning) -> torch.utils.hooks.RemovableHandle:
+    """A diagnostic, not a training option: from now on the U-Net's attention layers get the null condition (every
+    text token masked) while the pooled vector still carries the caption. How much of what a model draws comes
+    through attention rather than the pooled vector (`scripts/evaluate.py text_tokens=false`). Returns the hook's
+    handle (`.remove()` restores the module)."""
+
+    def hook(module: nn.Module, args: tuple, out: TextCond) -> TextCond:
+        if out.mask is None:  # a pooling conditioning: no tokens to withhold
+            return out
+        return TextCond(pooled=out.pooled, tokens=out.tokens, mask=torch.zeros_like(out.mask))
+
+    return text_cond.register_forward_hook(hook)
