@@ -181,10 +181,14 @@ class AttentionBlock(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.to_qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.to_text_kv = nn.Linear(context_dim, 2 * channels) if context_dim is not None else None
-        self.takes_text = context_dim is not None  # the U-Net hands it the text tokens only then
         self.to_out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether the U-Net hands this block the text tokens (it has text key/value projections)."""
+        return self.to_text_kv is not None
 
     def _heads(self, x: Tensor) -> Tensor:
         # (B, N, C) -> (B, h, N, d)
@@ -220,6 +224,8 @@ class CrossAttentionBlock(nn.Module):
     zero-initialised so the block starts as the identity.
     """
 
+    takes_text = True
+
     def __init__(self, channels: int, head_dim: int, groups: int, context_dim: int, backend: str | None = None) -> None:
         super().__init__()
         if channels % head_dim:
@@ -228,7 +234,6 @@ class CrossAttentionBlock(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.to_q = nn.Conv1d(channels, channels, 1)
         self.to_text_kv = nn.Linear(context_dim, 2 * channels)
-        self.takes_text = True
         self.to_out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
