@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS, DEFAULT_SHAPES, ShapesWorld
-from imagen.eval.judge import Judge, detect_objects, expected_object_count, label_components
+from imagen.eval.judge import Judge, detect_objects, expected_object_count, label_components, pair_binding
 from imagen.eval.judge_validation import validate
 
 
@@ -82,6 +82,29 @@ def test_extra_object_fails_exact_objects():
     assert Judge(exact_objects=False).judge(extra, cons)["correct"] is True
 
 
+def test_pair_binding_bound_swapped_and_undefined():
+    cons = [
+        {"type": "binding", "color": "red", "shape": "circle"},
+        {"type": "binding", "color": "blue", "shape": "square"},
+    ]
+    red_circle, blue_square = {"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}
+    red_square, blue_circle = {"color": "red", "shape": "square"}, {"color": "blue", "shape": "circle"}
+    assert pair_binding([red_circle, blue_square], cons) == (True, False)
+    assert pair_binding([blue_circle, red_square], cons) == (False, True)
+    assert pair_binding([red_circle, blue_circle], cons) == (False, False)  # one colour on both shapes
+    relation = [
+        {
+            "type": "relation",
+            "subject": {"color": "red", "shape": "circle"},
+            "relation": "left_of",
+            "object": {"color": "blue", "shape": "square"},
+        }
+    ]
+    assert pair_binding([blue_circle, red_square], relation) == (False, True)
+    same_shape = [cons[0], {"type": "binding", "color": "blue", "shape": "circle"}]
+    assert pair_binding([red_circle], cons[:1]) is None and pair_binding([red_circle, blue_circle], same_shape) is None
+
+
 def test_score_true_and_shuffled_prompts():
     world, judge = ShapesWorld(resolution=32), Judge(colors=None, shapes=None, margin=0.05, exact_objects=True)
     samples = [world.sample(i, seed=4321, split="val") for i in range(16)]
@@ -97,6 +120,8 @@ def test_score_true_and_shuffled_prompts():
     shuffled = judge.score(images, prompts[1:] + prompts[:1])
     assert shuffled["accuracy"] < 0.2
     assert result["partial/all"] == 1.0 and shuffled["accuracy"] <= shuffled["partial/all"] < 1.0
+    # two-object captions of distinct colours and shapes (6 of these 16): drawn as named, never swapped
+    assert result["n/pairs"] > 0 and result["pairs/bound"] == 1.0 and result["pairs/swapped"] == 0.0
     # Captions alone are parsed (constraints and category recovered from the template grammar).
     assert judge.score(images[:4], [{"caption": s.caption} for s in samples[:4]])["accuracy"] == 1.0
 

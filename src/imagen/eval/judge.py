@@ -54,6 +54,7 @@ __all__ = [
     "expected_object_count",
     "grow_labels",
     "label_components",
+    "pair_binding",
     "shape_features",
     "shape_prototypes",
 ]
@@ -314,6 +315,26 @@ def caption_holds(
     return ok
 
 
+def pair_binding(
+    objects: Sequence[Mapping[str, Any]], constraints: Sequence[Mapping[str, Any] | Constraint]
+) -> tuple[bool, bool] | None:
+    """Attribute binding of a two-object caption, as bound against swapped (§3, DrawBench "colors").
+
+    For a caption naming exactly two objects that differ in colour and in shape, (c1, s1) and (c2, s2): whether
+    the image holds both as named (bound) and whether it holds both with their colours exchanged, (c1, s2) and
+    (c2, s1) (swapped). None for any other caption. A model that draws the right two colours and shapes but
+    assigns the colours at random scores bound and swapped equally often; one that binds, bound >> swapped.
+    """
+    refs = list(dict.fromkeys(ref for c in parse_constraints(constraints) for ref in c.refs))
+    if len(refs) != 2:
+        return None
+    (c1, s1), (c2, s2) = refs
+    if c1 == c2 or s1 == s2:
+        return None
+    present = {(o.get("color"), o.get("shape")) for o in objects}
+    return {(c1, s1), (c2, s2)} <= present, {(c1, s2), (c2, s1)} <= present
+
+
 def _prompt_constraints(prompt: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """A prompt's constraints and category; parsed from its caption when not given."""
     constraints, category = prompt.get("constraints"), prompt.get("category")
@@ -418,8 +439,10 @@ class Judge:
         Flat metrics: ``accuracy`` (all of a caption's constraints hold), ``<category>`` (accuracy per category
         present), ``constraint/<type>`` (fraction of constraints of a type that hold, ``exact_objects``
         included), ``partial/all`` and ``partial/<category>`` (the mean fraction of a caption's constraints that
-        hold, ``exact_objects`` included: a graded alignment while few captions are entirely right), and counts
-        ``n/all``, ``n/<category>``, ``n/constraint/<type>``, ``n/skipped`` (prompts without constraints).
+        hold, ``exact_objects`` included: a graded alignment while few captions are entirely right),
+        ``pairs/bound`` and ``pairs/swapped`` (:func:`pair_binding` over the two-object captions: equal rates mean
+        binding at chance), and counts ``n/all``, ``n/<category>``, ``n/constraint/<type>``, ``n/pairs``,
+        ``n/skipped`` (prompts without constraints).
         Every key except ``accuracy`` and the categories contains a "/".
         """
         if len(images) != len(prompts):
@@ -428,6 +451,7 @@ class Judge:
         per_type: dict[str, list[bool]] = defaultdict(list)
         overall: list[bool] = []
         partial: dict[str, list[float]] = defaultdict(list)
+        pairs: list[tuple[bool, bool]] = []  # (bound, swapped) per two-object caption
         skipped = 0
         for image, prompt in zip(images, prompts):
             constraints, category = _prompt_constraints(prompt)
@@ -444,6 +468,9 @@ class Judge:
             held = list(r["constraints"]) + ([r["exact_objects"]] if r["exact_objects"] is not None else [])
             partial["all"].append(float(np.mean(held)))
             partial[category].append(float(np.mean(held)))
+            pair = pair_binding(r["detections"], constraints)
+            if pair is not None:
+                pairs.append(pair)
         out: dict[str, float] = {
             "accuracy": _mean(overall),
             "n/all": len(overall),
@@ -456,6 +483,9 @@ class Judge:
             out[f"constraint/{t}"], out[f"n/constraint/{t}"] = _mean(v), len(v)
         for key, v in partial.items():
             out[f"partial/{key}"] = _mean(v)
+        if pairs:
+            out["pairs/bound"], out["pairs/swapped"] = (_mean([p[i] for p in pairs]) for i in (0, 1))
+            out["n/pairs"] = len(pairs)
         return out
 
 
