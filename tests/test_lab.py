@@ -435,7 +435,7 @@ def test_every_paper_ablation_has_a_paper_and_a_tiny_experiment():
         "t5_xxl",
         "clip_l14",
     ]
-    assert sweep_params("conditioning_tiny") == {"cond": ["mean_pool", "attn_pool", "cross_attn"]}
+    assert sweep_params("conditioning_tiny") == {"cond": ["mean_pool", "attn_pool", "cross_attn_separate"]}
 
 
 @pytest.mark.slow
