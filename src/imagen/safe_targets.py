@@ -45,6 +45,7 @@ IMAGEN_MODULES = frozenset(
         "imagen.diffusion.thresholding",  # thresholding
         "imagen.lightning.callbacks",  # callbacks, and batch_size_fn's get_method path
         "imagen.lightning.data_report",  # callbacks.data_report
+        "imagen.lightning.divergence",  # callbacks.divergence
         "imagen.lightning.loggers",  # logger
         "imagen.flops",  # callbacks.throughput
         "imagen.lr_schedule",  # optim.lr_schedule
