@@ -231,3 +231,52 @@ def test_a_resume_with_other_evaluation_levels_is_not_refused(tmp_path, compose_
     check_resume(compose_config(["experiment=noise_aug_tiny", "final_eval.grid.aug_level=[0.1]", f"ckpt_path={ckpt}"]))
     with pytest.raises(ValueError, match="noise_aug"):
         check_resume(compose_config(["experiment=noise_aug_tiny", "noise_aug=none", f"ckpt_path={ckpt}"]))
+
+
+def test_a_resumed_run_s_progress_bar_counts_steps_toward_max_steps(tmp_path):
+    """Lightning restarts a resumed run mid-epoch without on_train_epoch_start: the bar must still say "train steps",
+    know max_steps and start at the resumed step."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from imagen.lightning.callbacks import StepProgressBar
+
+    class Constant(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - 1.0).pow(2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return DataLoader(range(1000), batch_size=1)
+
+    def fit(max_steps, ckpt_path=None):
+        bar = StepProgressBar()
+        trainer = pl.Trainer(max_steps=max_steps, callbacks=[bar], accelerator="cpu", logger=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        seen = []
+        bar.on_train_start = _spy(bar.on_train_start, lambda: seen.append((bar.train_progress_bar.desc,
+                                                                            bar.train_progress_bar.total,
+                                                                            bar.train_progress_bar.n)))
+        trainer.fit(Constant(), ckpt_path=ckpt_path)
+        return trainer, seen, bar
+
+    trainer, seen, _ = fit(6)
+    assert seen == [("train steps: ", 6, 0)]
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    _, seen, bar = fit(10, tmp_path / "last.ckpt")
+    assert seen == [("train steps: ", 10, 6)]
+    assert bar.train_progress_bar.n == 10
+
+
+def _spy(method, after):
+    def wrapped(*args, **kwargs):
+        method(*args, **kwargs)
+        after()
+
+    return wrapped

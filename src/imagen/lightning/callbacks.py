@@ -179,9 +179,20 @@ class StepProgressBar(TQDMProgressBar):
         steps = self.trainer.max_steps
         return steps if steps > 0 else super().total_train_batches
 
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self._count_steps(trainer)  # a resumed run restarts mid-epoch: Lightning calls no on_train_epoch_start then
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description("train steps")
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: pl.Trainer) -> None:
+        bar = self.train_progress_bar
+        total = self.total_train_batches
+        bar.total = None if total == float("inf") else total  # tqdm's "no total"
+        bar.n = bar.initial = trainer.global_step  # tqdm's rate counts from `initial`: this run's steps per second
+        bar.set_description("train steps")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
