@@ -11,8 +11,9 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from conftest import compose_cfg
 from imagen.lightning.divergence import DivergenceGuard, TrainingDiverged
+
+from conftest import compose_cfg
 
 
 class ScriptedLoss(pl.LightningModule):
@@ -48,7 +49,9 @@ def fit(losses, guard: DivergenceGuard, max_steps: int = 300) -> pl.Trainer:
 
 
 def small_guard(**overrides) -> DivergenceGuard:
-    return DivergenceGuard(**{"factor": 3.0, "patience": 40, "start_step": 20, "check_every": 5, "smoothing": 0.1, **overrides})
+    return DivergenceGuard(
+        **{"factor": 3.0, "patience": 40, "start_step": 20, "check_every": 5, "smoothing": 0.1, **overrides}
+    )
 
 
 def noisy_decay(step: int) -> float:
@@ -86,8 +89,13 @@ def test_a_run_resumed_from_a_checkpoint_after_its_divergence_fails_again(tmp_pa
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     resumed = small_guard(patience=1000)
     resumed_trainer = pl.Trainer(
-        max_steps=1200, callbacks=[resumed], accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        max_steps=1200,
+        callbacks=[resumed],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     with pytest.raises(TrainingDiverged, match=f"since step {first.above_since} "):
         resumed_trainer.fit(ScriptedLoss(losses), ckpt_path=tmp_path / "last.ckpt")

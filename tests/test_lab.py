@@ -321,6 +321,8 @@ def test_compare_runs_aggregates_seeds_closed_form(tmp_path):
     assert sorted(r.label for r in records) == ["cond=a", "cond=a", "cond=b", "cond=b"]
     a = [r for r in records if r.label == "cond=a"]
     assert curve(a, "fid") == {1.0: (11.0, 10.0, 12.0), 3.0: (7.0, 6.0, 8.0)}
+    b = [r for r in records if r.label == "cond=b"]  # the failed seed's evaluation (a diverged run has one) is left out
+    assert curve(b, "fid") == {1.0: (20.0, 20.0, 20.0), 3.0: (30.0, 30.0, 30.0)}
     table = markdown_table(records)
     assert "| cond=a | 2 | 10 [10, 11] |" in table  # wall time: mean [min, max]
     assert "7.000 [6.000, 8.000]" in table  # best FID over w per seed: 8 and 6

@@ -4,6 +4,7 @@ same weights, bit for bit on CPU, as the run that was never interrupted; its met
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from imagen.build import check_resume
+from imagen.checkpoint import train_seconds
 from imagen.data.datamodule import WebDataModule
 from imagen.data.shapes import ShapesWorld
 from imagen.data.shards import write_shards
@@ -99,6 +101,14 @@ def test_kill_9_and_resume_is_bitwise_exact(tmp_path, workers):
     assert res.returncode == 0, res.stderr[-3000:]
     assert max_difference(weights(straight / "checkpoints" / "last.ckpt"), weights(last)) == 0.0
     assert train_steps(killed) == train_steps(straight)  # appended, each step once
+    # The job's training time is the whole run's: the killed attempt's, up to its checkpoint (the Timer state saved
+    # in it), and the resumed one's; not only the resumed attempt's.
+    timer = [
+        train_seconds(torch.load(p, map_location="cpu", weights_only=True))
+        for p in (killed / "checkpoints" / "step_0000004.ckpt", last)
+    ]
+    recorded = json.loads((killed / "job.json").read_text())["train_seconds"]
+    assert 0 < timer[0] < timer[1] <= recorded
 
 
 # ------------------------------------------------------------------------ the pieces, in-process and fast
@@ -257,12 +267,19 @@ def test_a_resumed_run_s_progress_bar_counts_steps_toward_max_steps(tmp_path):
 
     def fit(max_steps, ckpt_path=None):
         bar = StepProgressBar()
-        trainer = pl.Trainer(max_steps=max_steps, callbacks=[bar], accelerator="cpu", logger=False,
-                             enable_checkpointing=False, enable_model_summary=False)
+        trainer = pl.Trainer(
+            max_steps=max_steps,
+            callbacks=[bar],
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
         seen = []
-        bar.on_train_start = _spy(bar.on_train_start, lambda: seen.append((bar.train_progress_bar.desc,
-                                                                            bar.train_progress_bar.total,
-                                                                            bar.train_progress_bar.n)))
+        bar.on_train_start = _spy(
+            bar.on_train_start,
+            lambda: seen.append((bar.train_progress_bar.desc, bar.train_progress_bar.total, bar.train_progress_bar.n)),
+        )
         trainer.fit(Constant(), ckpt_path=ckpt_path)
         return trainer, seen, bar
 

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Timer
 
 from imagen.build import build_datamodule, build_module, build_trainer, check_config, check_resume
 from imagen.config import hydra_choices
@@ -139,6 +140,10 @@ def _train_and_evaluate(
     finally:
         finish_wandb()  # this job's W&B run ends before the next job (or the evaluation's run) starts
     train_seconds = time.perf_counter() - start
+    if cfg.ckpt_path:  # resumed: the time of the attempts before, up to the checkpoint, is in the checkpoint's Timer
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        before = record.data.get("train_seconds") or 0.0  # a killed attempt recorded none
+        train_seconds = timer.time_elapsed() if timer is not None else train_seconds + before
     loss = trainer.callback_metrics.get("train/loss")
     loss = None if loss is None else float(loss)
     log.info("trained %d steps in %.1f s; run directory %s", trainer.global_step, train_seconds, run_dir)
@@ -146,7 +151,7 @@ def _train_and_evaluate(
         global_step=trainer.global_step,
         train_loss=loss,
         data=data_report(trainer),
-        train_seconds=round(train_seconds + (record.data.get("train_seconds") or 0.0) * bool(cfg.ckpt_path), 1),
+        train_seconds=round(train_seconds, 1),
     )
     if global_rank() != 0:  # SLURM: every task runs this function; rank 0 evaluates and records
         return loss

@@ -215,9 +215,12 @@ def arms(records: list[Record]) -> dict[str, list[Record]]:
 
 
 def curve(records: list[Record], key: str) -> dict[float, tuple[float, float, float]]:
-    """guidance weight -> (mean, min, max) of `key` over the arm's seeds."""
+    """guidance weight -> (mean, min, max) of `key` over the arm's completed seeds (a failed or diverged job's
+    evaluation, if it has one, is not a result)."""
     by_w: dict[float, list[float]] = defaultdict(list)
     for r in records:
+        if r.status != "completed":
+            continue
         for row in r.results:
             by_w[float(row["guidance"])].append(row.get(key))
     stats = {w: _stats(v) for w, v in sorted(by_w.items())}
