@@ -42,9 +42,13 @@ class DivergenceGuard(pl.Callback):
     ):
         if not factor > 1.0:
             raise ValueError(f"callbacks.divergence.factor must be > 1, got {factor!r}")
-        for name, value in (("patience", patience), ("start_step", start_step), ("check_every", check_every)):
-            if not isinstance(value, int) or value < (1 if name == "check_every" else 0):
-                raise ValueError(f"callbacks.divergence.{name} must be a non-negative integer, got {value!r}")
+        for name, value, least in (
+            ("patience", patience, 0),
+            ("start_step", start_step, 0),
+            ("check_every", check_every, 1),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"callbacks.divergence.{name} must be an integer >= {least}, got {value!r}")
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"callbacks.divergence.smoothing must be in (0, 1], got {smoothing!r}")
         self.factor, self.patience, self.start_step = float(factor), patience, start_step
