@@ -27,26 +27,11 @@ from PIL import Image
 
 from imagen.cascade.cascade import STAGE_SEED_STRIDE, generate_cascade
 from imagen.checkpoint import load_cascade
-from imagen.cli import check_overrides, run_script
+from imagen.cli import check_overrides, read_prompts, run_script
 from imagen.images import to_uint8
 from imagen.lightning.grid import caption_grid, save_png
 
 log = logging.getLogger(__name__)
-
-
-def read_prompts(cfg: DictConfig) -> list[str]:
-    """The prompts of `prompt` (a string or a list) and `prompts_file` (one per line)."""
-    prompts: list[str] = []
-    if cfg.prompt is not None:
-        prompts += [cfg.prompt] if isinstance(cfg.prompt, str) else [str(p) for p in cfg.prompt]
-    if cfg.prompts_file is not None:
-        path = Path(cfg.prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts_file {path} does not exist")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError('no prompt: give prompt="..." (or a list) or prompts_file=<file, one per line>')
-    return prompts
 
 
 def slug(text: str, n: int = 40) -> str:

@@ -25,6 +25,7 @@ from imagen.eval.learning_curve import curve_points, wilson_interval
 from imagen.eval.metrics import FidKid, clip_score, clip_score_metric, saturation, to_unit
 from imagen.eval.pareto import read_metrics
 from imagen.eval.shapes_eval import HoldoutEval, ShapesEval, SingleObjectEval
+from imagen.eval.thresholding_trace import TracedThresholding, pixel_stats
 from imagen.run import run
 
 from conftest import ROOT, compose_cfg, tiny_overrides
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
 import plot_learning_curve  # noqa: E402
 import plot_pareto  # noqa: E402
+import trace_thresholding  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,53 @@ def test_sampling_is_deterministic_given_the_seed(ckpt):
         cascade = Cascade([module], [StageSettings(3.0, sampler, DynamicThresholding())])
         a, b, c = (generate_cascade(cascade, caps, seed=s, batch_size=2, progress=False)[0] for s in (5, 5, 6))
         assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- trace_thresholding.py
+
+
+def test_traced_thresholding_records_closed_form_stats_and_passes_the_output_through():
+    from imagen.diffusion.thresholding import DynamicThresholding
+
+    x0 = torch.stack([torch.linspace(-3.0, 3.0, 300), torch.linspace(-0.5, 0.5, 300)]).view(2, 3, 10, 10)
+    traced = TracedThresholding(DynamicThresholding(90.0), percentile=90.0)
+    out = traced(x0)
+    assert torch.equal(out, DynamicThresholding(90.0)(x0))
+    (row,) = traced.steps
+    # |x| of image 0 is uniform-ish on [0, 3], image 1 on [0, 0.5]: their 90th percentiles ~2.7 and ~0.45.
+    assert row["s_median"] == pytest.approx((2.7 + 0.45) / 2, abs=0.02)
+    assert row["beyond_1"] == pytest.approx(200 / 600, abs=0.01)  # two thirds of image 0, none of image 1
+    assert row["mean_abs"] == pytest.approx((1.5 + 0.25) / 2, abs=0.01)
+    assert row["out_mean_abs"] == pytest.approx(out.abs().mean().item())
+    assert pixel_stats(torch.zeros(3, 3, 4, 4)) == {"s_median": 0.0, "beyond_1": 0.0, "mean_abs": 0.0}
+
+
+def trace_cfg(ckpt, *overrides):
+    return compose_cfg([f"ckpt={ckpt}", "device=cpu", "sampler.steps=2", *overrides], "trace_thresholding")
+
+
+def test_trace_thresholding_writes_every_setting_per_step(ckpt, tmp_path):
+    cfg = trace_cfg(
+        ckpt,
+        "prompt=[two red circles,a blue square]",
+        "n=1",
+        "batch_size=1",
+        "guidances=[1,4]",
+        "thresholdings=[static,dynamic]",
+        "n_reference=4",
+    )
+    trace_thresholding.trace(cfg, tmp_path)
+    saved = json.loads((tmp_path / "trace.json").read_text())
+    assert (tmp_path / "trace.png").is_file() and saved["captions"] == ["two red circles", "a blue square"]
+    assert list(saved["settings"]) == ["static w=1", "static w=4", "dynamic w=1", "dynamic w=4"]
+    for setting in saved["settings"].values():
+        assert len(setting["steps"]) == 2  # one row per sampling step, the 2 chunks averaged
+    # The first step sees the same z and network under both thresholdings: the same s before thresholding.
+    first = {k: v["steps"][0]["s_median"] for k, v in saved["settings"].items()}
+    assert first["static w=4"] == pytest.approx(first["dynamic w=4"])
+    assert 0 < saved["reference"]["mean_abs"] <= 1 and saved["reference"]["beyond_1"] == 0
+    with pytest.raises(ValueError, match="valid"):
+        trace_thresholding.trace(trace_cfg(ckpt, "thresholdings=[nope]"), tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- sample.py

@@ -408,6 +408,31 @@ def test_invalid_patching(overrides, message):
         UNet(**{**SMALL, "text_dim": TEXT_DIM, "cond": CrossAttentionConditioning, **overrides})
 
 
+def test_sincos_position_embedding_is_a_fixed_row_and_column_table():
+    """unet.position=sincos adds to the first feature map (B, C, H, W) a table whose first C/2 channels are the row
+    index's sinusoids and the last C/2 the column index's; `none` (the default) is the U-Net without it, exactly."""
+    from imagen.models.embeddings import SinCosPosition2D, sinusoidal_embedding
+
+    table = SinCosPosition2D(8, 4).table  # (1, 8, 4, 4)
+    pos = sinusoidal_embedding(torch.arange(4.0), 4)  # (4, 4): index -> features
+    assert torch.equal(table[0, :4, 2, 3], pos[2]) and torch.equal(table[0, 4:, 2, 3], pos[3])
+    assert torch.equal(table[0, :4, :, 0], table[0, :4, :, 3]) and torch.equal(table[0, 4:, 0], table[0, 4:, 3])
+    assert SinCosPosition2D(8, 4).state_dict() == {}  # not saved: checkpoints are unchanged
+    plain, none, sincos = make_unet(), make_unet(position="none"), make_unet(position="sincos")
+    assert plain.state_dict().keys() == sincos.state_dict().keys()
+    x, t, emb, mask = inputs()
+    assert torch.equal(plain(x, t, emb, mask), none(x, t, emb, mask))
+    # The same weights with the table: the first feature map moves by exactly the table.
+    sincos.load_state_dict(plain.state_dict())
+    delta = sincos.network_input(x, None) - plain.network_input(x, None)
+    assert torch.allclose(delta, SinCosPosition2D(16, 8).table.double().expand_as(delta))
+    assert not torch.allclose(sincos(x, t, emb, mask), plain(x, t, emb, mask))
+    with pytest.raises(ValueError, match="unknown unet.position 'learned'; valid: none, sincos"):
+        make_unet(position="learned")
+    with pytest.raises(ValueError, match="even number of channels"):
+        SinCosPosition2D(7, 4)
+
+
 @pytest.mark.parametrize("cond", ["cross_attn", "cross_attn_separate"])
 def test_unpooled_cross_attention(cond):
     """pooled=False: no pooled vector and no pooling weights; the text still changes the output, through attention."""

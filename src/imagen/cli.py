@@ -18,6 +18,21 @@ from omegaconf import DictConfig
 LEXER_ERROR = "LexerNoViableAltException: "
 
 
+def read_prompts(cfg: DictConfig) -> list[str]:
+    """The prompts of `prompt` (a string or a list) and `prompts_file` (one per line)."""
+    prompts: list[str] = []
+    if cfg.prompt is not None:
+        prompts += [cfg.prompt] if isinstance(cfg.prompt, str) else [str(p) for p in cfg.prompt]
+    if cfg.prompts_file is not None:
+        path = Path(cfg.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts_file {path} does not exist")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError('no prompt: give prompt="..." (or a list) or prompts_file=<file, one per line>')
+    return prompts
+
+
 def run_script(job: Callable[[DictConfig, Path], Any], cfg: DictConfig) -> Any:
     """job(cfg, this Hydra job's run directory) for the scripts (sample, evaluate): bad input (a ValueError or
     OSError raised before or during the job) is one `error: ...` line and exit status 2, not a traceback."""

@@ -46,3 +46,43 @@ class TimestepEmbedding(nn.Module):
         # t (B,) -> (B, E)
         features = sinusoidal_embedding(self.scale * t, self.channels)  # (B, channels)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class SinCosPosition2D(nn.Module):
+    """A fixed 2-D sine-cosine position embedding added to the U-Net's first feature map (not in Imagen, whose
+    U-Net has none: the ViT/DiT form). Half the channels carry the row's sinusoids, half the column's, so the
+    attention layers can tell where a pixel is (self-attention alone is blind to position). No parameters; the
+    table is a non-persistent buffer, so checkpoints are unchanged.
+
+    forward(h (B, C, H, W)) -> h + table (1, C, H, W), for the (H, W) = (size, size) it was built for.
+    """
+
+    def __init__(self, channels: int, size: int, max_period: float = 10_000.0) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"unet.position=sincos needs an even number of channels, got {channels}")
+        pos = torch.arange(size, dtype=torch.float32)
+        rows = sinusoidal_embedding(pos, channels // 2, max_period)  # (size, C/2): the row index's features
+        cols = sinusoidal_embedding(pos, channels // 2, max_period)  # (size, C/2): the column index's
+        table = torch.cat(
+            [rows.T[:, :, None].expand(-1, size, size), cols.T[:, None, :].expand(-1, size, size)]
+        )  # (C, size, size)
+        self.register_buffer("table", table[None], persistent=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.table.to(h.dtype)
+
+
+def no_position(channels: int, size: int) -> nn.Module:
+    """`unet.position=none`: the feature map as it is (Imagen's U-Net)."""
+    return nn.Identity()
+
+
+POSITIONS = {"none": no_position, "sincos": SinCosPosition2D}  # unet.position: name -> (channels, size) -> module
+
+
+def position_embedding(name: str, channels: int, size: int) -> nn.Module:
+    """The `unet.position` option's module, or a one-line error listing the options."""
+    if name not in POSITIONS:
+        raise ValueError(f"unknown unet.position {name!r}; valid: {', '.join(POSITIONS)}")
+    return POSITIONS[name](channels, size)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from imagen.models.attention import AttentionBlock, CrossAttentionBlock, check_attention_backend
-from imagen.models.embeddings import TimestepEmbedding
+from imagen.models.embeddings import TimestepEmbedding, position_embedding
 from imagen.models.resblock import Downsample, ResBlock, Upsample, num_groups
 from imagen.models.text_conditioning import TextCond, TextConditioning
 
@@ -112,13 +112,21 @@ class ConditionalUNet(nn.Module):
             self.compile(**self._compile_options)
 
     def add_inputs(
-        self, in_channels: int, lowres_channels: int, channels: int, embed_dim: int, patch_size: int = 1
+        self,
+        in_channels: int,
+        lowres_channels: int,
+        channels: int,
+        embed_dim: int,
+        patch_size: int = 1,
+        position: str = "none",
+        size: int = 0,
     ) -> None:
         """The time embedding, the input convolution, and for SR stages the aug_level embedding (embedded like
         the time, §2.4). `patch_size` p > 1: the input is cut into p x p patches stacked on the channels
         (space-to-depth, torch's pixel_unshuffle) before the input convolution, and the output head's p*p*C_out
         channels are put back (pixel_shuffle) -- the "simple diffusion" patching (Hoogeboom et al. 2023), not in
-        Imagen: every feature map is p times smaller on each side, about p*p fewer FLOPs at the same widths."""
+        Imagen: every feature map is p times smaller on each side, about p*p fewer FLOPs at the same widths.
+        `position` (imagen.models.embeddings.POSITIONS) is added to the first feature map, of side `size`."""
         self.lowres_channels, self.in_channels, self.patch_size = lowres_channels, in_channels, patch_size
         # Identity at p = 1: torch's pixel_(un)shuffle copy the tensor even then (no parameters either way).
         self.patchify = nn.PixelUnshuffle(patch_size) if patch_size > 1 else nn.Identity()
@@ -126,6 +134,7 @@ class ConditionalUNet(nn.Module):
         self.time_embed = TimestepEmbedding(channels, embed_dim)
         self.aug_embed = TimestepEmbedding(channels, embed_dim) if lowres_channels else None
         self.input_conv = nn.Conv2d((in_channels + lowres_channels) * patch_size**2, channels, 3, padding=1)
+        self.position = position_embedding(position, channels, size)
 
     def condition(
         self, t: Tensor, text_emb: Tensor, text_mask: Tensor, aug_level: Tensor | None = None
@@ -151,7 +160,7 @@ class ConditionalUNet(nn.Module):
                 f"{'none' if lowres is None else lowres.shape[1]}"
             )
         x = x if lowres is None else torch.cat([x, lowres], dim=1)
-        return self.input_conv(self.patchify(x))  # (B, C*p*p, H/p, W/p) -> conv
+        return self.position(self.input_conv(self.patchify(x)))  # (B, C*p*p, H/p, W/p) -> conv [+ position]
 
     def body(self, h: Tensor, emb: Tensor, cond: TextCond) -> Tensor:
         """(B, channels, H, W) -> (B, C_last, H, W): the down, middle and up paths with their skips."""
@@ -176,7 +185,8 @@ class ConditionalUNet(nn.Module):
 class UNet(ConditionalUNet):
     """Base 64x64 U-Net of Imagen (App. F.1), ADM-style; with `lowres_channels=3` the standard (non-efficient)
     super-resolution U-Net of the Efficient U-Net ablation (App. B.1). `attention`: the attention kernel of every
-    attention block (imagen.models.attention: sdpa | xformers | math; None = the module default)."""
+    attention block (imagen.models.attention: sdpa | xformers | math; None = the module default). `position`: a
+    position embedding added after the input convolution (imagen.models.embeddings.POSITIONS: none | sincos)."""
 
     def __init__(
         self,
@@ -196,6 +206,7 @@ class UNet(ConditionalUNet):
         lowres_channels: int = 0,
         attention: str | None = None,
         patch_size: int = 1,
+        position: str = "none",
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = list(channel_mult), list(attn_resolutions)
@@ -210,7 +221,9 @@ class UNet(ConditionalUNet):
 
         # Text pathway (§2.5): pooled vector of width embed_dim, tokens of width context_dim = embed_dim.
         self.text_cond = cond(text_dim=text_dim, embed_dim=embed_dim, context_dim=embed_dim)
-        self.add_inputs(in_channels, lowres_channels, channels, embed_dim, patch_size)
+        self.add_inputs(
+            in_channels, lowres_channels, channels, embed_dim, patch_size, position, image_size // patch_size
+        )
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, embed_dim, groups, dropout)
