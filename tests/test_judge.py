@@ -8,7 +8,14 @@ import torch
 from hydra.utils import instantiate
 
 from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS, DEFAULT_SHAPES, ShapesWorld
-from imagen.eval.judge import Judge, detect_objects, expected_object_count, label_components, pair_binding
+from imagen.eval.judge import (
+    Judge,
+    detect_objects,
+    expected_object_count,
+    label_components,
+    pair_binding,
+    relation_direction,
+)
 from imagen.eval.judge_validation import validate
 
 
@@ -105,6 +112,31 @@ def test_pair_binding_bound_swapped_and_undefined():
     assert pair_binding([red_circle], cons[:1]) is None and pair_binding([red_circle, blue_circle], same_shape) is None
 
 
+def test_relation_direction_held_inverted_and_missing_objects():
+    left = [
+        {
+            "type": "relation",
+            "subject": {"color": "red", "shape": "circle"},
+            "relation": "left_of",
+            "object": {"color": "blue", "shape": "square"},
+        }
+    ]
+
+    def at(color, shape, cx, cy):
+        return {"color": color, "shape": shape, "cx": cx, "cy": cy}
+
+    assert relation_direction([at("red", "circle", 0.2, 0.5), at("blue", "square", 0.8, 0.5)], left) == [(True, False)]
+    assert relation_direction([at("red", "circle", 0.8, 0.5), at("blue", "square", 0.2, 0.5)], left) == [(False, True)]
+    # Above it: neither left of nor right of (the vertical offset dominates).
+    assert relation_direction([at("red", "circle", 0.45, 0.1), at("blue", "square", 0.5, 0.9)], left) == [
+        (False, False)
+    ]
+    # A missing object (here the blue square drawn red) leaves the relation out: that is binding's failure.
+    assert relation_direction([at("red", "circle", 0.2, 0.5), at("red", "square", 0.8, 0.5)], left) == []
+    binding = [{"type": "binding", "color": "red", "shape": "circle"}]
+    assert relation_direction([at("red", "circle", 0.2, 0.5)], binding) == []
+
+
 def test_score_true_and_shuffled_prompts():
     world, judge = ShapesWorld(resolution=32), Judge(colors=None, shapes=None, margin=0.05, exact_objects=True)
     samples = [world.sample(i, seed=4321, split="val") for i in range(16)]
@@ -122,6 +154,8 @@ def test_score_true_and_shuffled_prompts():
     assert result["partial/all"] == 1.0 and shuffled["accuracy"] <= shuffled["partial/all"] < 1.0
     # two-object captions of distinct colours and shapes (6 of these 16): drawn as named, never swapped
     assert result["n/pairs"] > 0 and result["pairs/bound"] == 1.0 and result["pairs/swapped"] == 0.0
+    # every relation of the ground-truth renders is drawn as told, never inverted
+    assert result["n/relations"] > 0 and result["relations/held"] == 1.0 and result["relations/inverted"] == 0.0
     # Captions alone are parsed (constraints and category recovered from the template grammar).
     assert judge.score(images[:4], [{"caption": s.caption} for s in samples[:4]])["accuracy"] == 1.0
 

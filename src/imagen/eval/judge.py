@@ -42,7 +42,7 @@ import numpy as np
 from torch import Tensor
 
 from imagen.data.captions import parse_caption
-from imagen.data.constraints import Constraint, parse_constraints
+from imagen.data.constraints import Constraint, Relation, parse_constraints
 from imagen.data.shapes import BACKGROUND, DEFAULT_COLORS, DEFAULT_SHAPES, ShapesWorld
 from imagen.data.vocab import PALETTE, SHAPES
 from imagen.images import to_uint8
@@ -335,6 +335,25 @@ def pair_binding(
     return {(c1, s1), (c2, s2)} <= present, {(c1, s2), (c2, s1)} <= present
 
 
+def relation_direction(
+    objects: Sequence[Mapping[str, Any]], constraints: Sequence[Mapping[str, Any] | Constraint], margin: float = 0.05
+) -> list[tuple[bool, bool]]:
+    """The spatial relations of a caption, as held against inverted (§3, DrawBench "positional").
+
+    For each relation constraint whose subject and object are both drawn (as named): whether the relation holds and
+    whether its inverse holds ("left of" for "right of"). Relations whose objects are missing are left out, so a
+    binding failure does not count as a relation failure. A model that draws the two objects where it pleases
+    scores held and inverted equally often (each ~1/4: the judge asks for the relation's axis to dominate); one
+    that places them as told, held >> inverted.
+    """
+    present = {(o.get("color"), o.get("shape")) for o in objects}
+    return [
+        (c.check(objects, margin), c.hard_negative().check(objects, margin))
+        for c in parse_constraints(constraints)
+        if isinstance(c, Relation) and {c.subject, c.obj} <= present
+    ]
+
+
 def _prompt_constraints(prompt: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """A prompt's constraints and category; parsed from its caption when not given."""
     constraints, category = prompt.get("constraints"), prompt.get("category")
@@ -441,8 +460,10 @@ class Judge:
         included), ``partial/all`` and ``partial/<category>`` (the mean fraction of a caption's constraints that
         hold, ``exact_objects`` included: a graded alignment while few captions are entirely right),
         ``pairs/bound`` and ``pairs/swapped`` (:func:`pair_binding` over the two-object captions: equal rates mean
-        binding at chance), and counts ``n/all``, ``n/<category>``, ``n/constraint/<type>``, ``n/pairs``,
-        ``n/skipped`` (prompts without constraints).
+        binding at chance), ``relations/held`` and ``relations/inverted`` (:func:`relation_direction` over the
+        relations whose two objects are drawn: equal rates mean placement at chance), and counts ``n/all``,
+        ``n/<category>``, ``n/constraint/<type>``, ``n/pairs``, ``n/relations``, ``n/skipped`` (prompts without
+        constraints).
         Every key except ``accuracy`` and the categories contains a "/".
         """
         if len(images) != len(prompts):
@@ -452,6 +473,7 @@ class Judge:
         overall: list[bool] = []
         partial: dict[str, list[float]] = defaultdict(list)
         pairs: list[tuple[bool, bool]] = []  # (bound, swapped) per two-object caption
+        relations: list[tuple[bool, bool]] = []  # (held, inverted) per relation whose objects are drawn
         skipped = 0
         for image, prompt in zip(images, prompts):
             constraints, category = _prompt_constraints(prompt)
@@ -471,6 +493,7 @@ class Judge:
             pair = pair_binding(r["detections"], constraints)
             if pair is not None:
                 pairs.append(pair)
+            relations += relation_direction(r["detections"], constraints, self.margin)
         out: dict[str, float] = {
             "accuracy": _mean(overall),
             "n/all": len(overall),
@@ -486,6 +509,9 @@ class Judge:
         if pairs:
             out["pairs/bound"], out["pairs/swapped"] = (_mean([p[i] for p in pairs]) for i in (0, 1))
             out["n/pairs"] = len(pairs)
+        if relations:
+            out["relations/held"], out["relations/inverted"] = (_mean([p[i] for p in relations]) for i in (0, 1))
+            out["n/relations"] = len(relations)
         return out
 
 
