@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from imagen.build import instantiate as build_instantiate
 from imagen.cascade.cascade import generate_cascade
 from imagen.checkpoint import load_cascade, thresholding_config
 from imagen.cli import check_overrides, read_prompts, run_script
@@ -49,16 +51,14 @@ def trace(cfg: DictConfig, out_dir: Path) -> Path:
     captions = [p for p in read_prompts(cfg) for _ in range(cfg.n)]
     result: dict = {"percentile": cfg.percentile, "captions": captions, "settings": {}}
     traces = {}
-    train_cfg = None
+    cascade, train_cfgs, _ = load_cascade(cfg)  # once: only the stage's guidance and thresholding change per setting
+    if len(cascade.modules) != 1:
+        raise ValueError("trace_thresholding takes one base-model checkpoint, not a cascade")
+    base = cascade.settings[0]
     for name in names:
         for w in cfg.guidances:
-            cfg.guidance, cfg.thresholding = float(w), configs[name]
-            cascade, train_cfgs, _ = load_cascade(cfg)
-            if len(cascade.modules) != 1:
-                raise ValueError("trace_thresholding takes one base-model checkpoint, not a cascade")
-            train_cfg = train_cfgs[0]
-            traced = TracedThresholding(cascade.settings[0].thresholding, cfg.percentile)
-            cascade.settings[0].thresholding = traced
+            traced = TracedThresholding(build_instantiate(configs[name]), cfg.percentile)
+            cascade.settings[0] = replace(base, guidance=float(w), thresholding=traced)
             images = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size, progress=False)[-1]
             label = f"{name} w={float(w):g}"
             # One call per step of every chunk of batch_size captions, chunk after chunk: a step's row is the mean of
@@ -79,7 +79,7 @@ def trace(cfg: DictConfig, out_dir: Path) -> Path:
                 steps[-1]["s_median"],
                 final["mean_abs"],
             )
-    result["reference"] = reference_stats(train_cfg, cfg.n_reference, cfg.percentile)
+    result["reference"] = reference_stats(train_cfgs[0], cfg.n_reference, cfg.percentile)
     (out_dir / "trace.json").write_text(json.dumps(result, indent=1))
     path = plot_trace(traces, out_dir / "trace.png", result["reference"])
     log.info("wrote %s and trace.json", path)

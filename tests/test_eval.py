@@ -132,6 +132,13 @@ def test_trace_thresholding_writes_every_setting_per_step(ckpt, tmp_path):
     first = {k: v["steps"][0]["s_median"] for k, v in saved["settings"].items()}
     assert first["static w=4"] == pytest.approx(first["dynamic w=4"])
     assert 0 < saved["reference"]["mean_abs"] <= 1 and saved["reference"]["beyond_1"] == 0
+    # The checkpoint is loaded once for every setting: a setting traced after the others is traced as if alone.
+    alone = trace_cfg(ckpt, "prompt=[two red circles,a blue square]", "n=1", "batch_size=1", "guidances=[4]",
+                      "thresholdings=[dynamic]", "n_reference=0")  # fmt: skip
+    (tmp_path / "alone").mkdir()
+    trace_thresholding.trace(alone, tmp_path / "alone")
+    alone_saved = json.loads((tmp_path / "alone" / "trace.json").read_text())["settings"]["dynamic w=4"]
+    assert alone_saved == saved["settings"]["dynamic w=4"]
     with pytest.raises(ValueError, match="valid"):
         trace_thresholding.trace(trace_cfg(ckpt, "thresholdings=[nope]"), tmp_path)
 
