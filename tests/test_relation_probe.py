@@ -4,7 +4,6 @@ the world's own caption parser, the token it reads, the probe's fit in closed fo
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -113,10 +112,8 @@ def test_probe_relations_script_writes_every_layer(tmp_path):
     assert (tmp_path / "probe.png").stat().st_size > 0
 
 
-def test_probe_relations_script_bad_n_is_one_line_before_loading(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "scripts/probe_relations.py", "n=0", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: n must be >= 1 positional caption, got 0"
+def test_probe_relations_script_refuses_bad_n_before_loading_the_encoder(tmp_path, monkeypatch):
+    monkeypatch.setattr(probe_relations, "build_text_encoder", lambda cfg: pytest.fail("the encoder was loaded"))
+    with pytest.raises(ValueError, match="^n must be >= 1 positional caption, got 0$"):
+        probe_relations.probe(compose_cfg(["n=0"], "probe_relations"), tmp_path)  # run_script: one `error:` line
+    assert not list(tmp_path.iterdir())
