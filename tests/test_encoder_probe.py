@@ -1,5 +1,6 @@
-"""The text encoder's relation probe (imagen.eval.relation_probe, scripts/probe_relations.py): its examples against
-the world's own caption parser, the token it reads, the probe's fit in closed form, and the script end to end."""
+"""The text encoder's probes (imagen.eval.encoder_probe, scripts/probe_encoder.py): the examples against the world's
+own caption parser, the token they read, the probe's fit and the token similarity in closed form, and the script end
+to end."""
 
 from __future__ import annotations
 
@@ -15,12 +16,19 @@ from imagen.config import pkg_model_path
 from imagen.data.captions import parse_caption
 from imagen.data.constraints import Relation
 from imagen.data.vocab import INVERSE, RELATIONS
-from imagen.eval.relation_probe import fit_probe, probe_examples, probe_layers, token_features
+from imagen.eval.encoder_probe import (
+    TARGETS,
+    fit_probe,
+    pair_similarity,
+    probe_examples,
+    probe_layers,
+    token_features,
+)
 
 from conftest import ROOT, compose_cfg
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import probe_relations  # noqa: E402
+import probe_encoder  # noqa: E402
 
 
 def test_examples_give_each_object_its_direction_and_hold_out_whole_pairs():
@@ -34,6 +42,8 @@ def test_examples_give_each_object_its_direction_and_hold_out_whole_pairs():
         # the world's parser agrees: the subject is `relation` of the object, the object the inverse of the subject
         assert (rel.subject, rel.relation, rel.obj) == (subject.obj, subject.direction, obj.obj)
         assert obj.direction == INVERSE[subject.direction]
+        assert (subject.other, obj.other) == (obj.obj, subject.obj)
+        assert subject.obj[0] != obj.obj[0] and subject.obj[1] != obj.obj[1]  # a pair the judge can call swapped
         for e in (subject, obj):
             assert e.caption[e.char :].startswith(e.obj[1])
             assert e.caption[: e.char].endswith(f"{e.obj[0]} ")
@@ -80,16 +90,16 @@ def test_probe_fits_separable_features_and_falls_back_to_the_majority_class():
     assert (fit_probe(constant, y, 4)(constant).argmax(1) == 2).all()
 
 
-def test_probe_layers_score_held_out_pairs_and_the_inverse_rate():
+def test_probe_layers_score_held_out_pairs_and_the_swap_rate():
     examples = probe_examples(120, seed=0)
     y = torch.tensor([RELATIONS.index(e.direction) for e in examples])
     test = torch.tensor([e.test for e in examples])
     noise = torch.randn(len(examples), 4, generator=torch.Generator().manual_seed(0))
     # layer 0 says nothing (constant), layer 1 is the direction itself
     features = torch.stack([torch.ones(len(examples), 4), torch.nn.functional.one_hot(y, 4).float() + 0.01 * noise])
-    rows = probe_layers(features, examples)
+    rows = probe_layers(features, examples, TARGETS["direction"])
     assert [r["layer"] for r in rows] == [0, 1]
-    assert rows[1]["test_accuracy"] == 1.0 and rows[1]["test_inverse"] == 0.0
+    assert rows[1]["test_accuracy"] == 1.0 and rows[1]["test_swap"] == 0.0
     assert rows[1]["n_test"] == int(test.sum()) and rows[1]["n_train"] == int((~test).sum())
     assert rows[1]["test_interval"][0] > 0.8 and rows[1]["test_interval"][1] == 1.0
     # with nothing to read, the probe predicts the training set's most frequent direction everywhere
@@ -97,23 +107,49 @@ def test_probe_layers_score_held_out_pairs_and_the_inverse_rate():
     (majority,) = (counts == counts.max()).nonzero()[0]
     inverse = RELATIONS.index(INVERSE[RELATIONS[int(majority)]])
     assert rows[0]["test_accuracy"] == pytest.approx(float((y[test] == majority).float().mean()))
-    assert rows[0]["test_inverse"] == pytest.approx(float((y[test] == inverse).float().mean()))
+    assert rows[0]["test_swap"] == pytest.approx(float((y[test] == inverse).float().mean()))
+    # each colour target reads its own object: a token holding exactly that colour is read right, never swapped
+    colours = TARGETS["colour"].classes
+    for name, colour in (("colour", lambda e: e.obj[0]), ("other_colour", lambda e: e.other[0])):
+        onehot = torch.nn.functional.one_hot(torch.tensor([colours.index(colour(e)) for e in examples]), 8).float()
+        (row,) = probe_layers(onehot[None], examples, TARGETS[name])
+        assert row["test_accuracy"] == 1.0 and row["test_swap"] == 0.0
     with pytest.raises(ValueError, match="raise n"):
-        probe_layers(features[:, :2], examples[:2])
+        probe_layers(features[:, :2], examples[:2], TARGETS["direction"])
 
 
-def test_probe_relations_script_writes_every_layer(tmp_path):
-    cfg = compose_cfg(["n=60", "max_iter=20"], "probe_relations")
-    rows = probe_relations.probe(cfg, tmp_path)
-    result = json.loads((tmp_path / "probe.json").read_text())
-    assert [r["layer"] for r in result["layers"]] == list(range(7)) == [r["layer"] for r in rows]  # MiniLM: 6 + 1
-    assert result["encoder"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert all(0 <= r["test_accuracy"] <= 1 and r["n_train"] + r["n_test"] == 120 for r in rows)
+def test_pair_similarity_in_closed_form():
+    examples = probe_examples(50, seed=0)
+    base = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))
+    same = base.repeat_interleave(2, dim=0)  # both objects of a caption share one token
+    opposite = torch.stack([base, -base], dim=1).reshape(100, 8)  # the two tokens are each other's negative
+    rows = pair_similarity(torch.stack([same, opposite]), examples)
+    assert rows[0]["same_caption"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[1]["same_caption"] == pytest.approx(-1.0, abs=1e-5)
+    assert abs(rows[0]["different_captions"]) < 0.3  # independent random tokens
+    with pytest.raises(ValueError, match="pairs"):
+        pair_similarity(torch.stack([same]), examples[1:])
+
+
+def test_probe_encoder_script_writes_every_target_and_layer(tmp_path):
+    cfg = compose_cfg(["n=60", "max_iter=20"], "probe_encoder")
+    results = probe_encoder.probe(cfg, tmp_path)
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert list(saved["targets"]) == ["direction", "colour", "other_colour"] == list(results)
+    for rows in saved["targets"].values():
+        assert [r["layer"] for r in rows] == list(range(7))  # MiniLM: embeddings + 6 layers
+        assert all(0 <= r["test_accuracy"] <= 1 and r["n_train"] + r["n_test"] == 120 for r in rows)
+    assert [r["layer"] for r in saved["similarity"]] == list(range(7))
+    assert saved["encoder"]["name"] == "sentence-transformers/all-MiniLM-L6-v2" and "layer" not in saved["encoder"]
     assert (tmp_path / "probe.png").stat().st_size > 0
 
 
-def test_probe_relations_script_refuses_bad_n_before_loading_the_encoder(tmp_path, monkeypatch):
-    monkeypatch.setattr(probe_relations, "build_text_encoder", lambda cfg: pytest.fail("the encoder was loaded"))
-    with pytest.raises(ValueError, match="^n must be >= 1 positional caption, got 0$"):
-        probe_relations.probe(compose_cfg(["n=0"], "probe_relations"), tmp_path)  # run_script: one `error:` line
+@pytest.mark.parametrize(
+    "override, error",
+    [("n=0", "^n must be >= 1 positional caption, got 0$"), ("targets=[size]", "^unknown probe targets \\['size'\\]")],
+)
+def test_probe_encoder_script_refuses_bad_input_before_loading_the_encoder(tmp_path, monkeypatch, override, error):
+    monkeypatch.setattr(probe_encoder, "build_text_encoder", lambda cfg: pytest.fail("the encoder was loaded"))
+    with pytest.raises(ValueError, match=error):
+        probe_encoder.probe(compose_cfg([override], "probe_encoder"), tmp_path)  # run_script: one `error:` line
     assert not list(tmp_path.iterdir())
