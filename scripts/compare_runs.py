@@ -3,6 +3,7 @@
     python scripts/compare_runs.py multirun/conditioning_tiny                     # offline: from the run folders
     python scripts/compare_runs.py multirun/a multirun/b --out docs/ablation      # several folders, one table
     python scripts/compare_runs.py --wandb ENTITY/PROJECT --group conditioning    # online: from W&B
+    python scripts/compare_runs.py multirun/a --out results/a --archive results/a/jobs   # + a copy to commit
 
 Writes comparison.md (per arm: seeds, wall times, final loss, best FID and alignment; FID/alignment per guidance
 weight, mean [min, max] over seeds), pareto.png (FID vs alignment per arm, bars = seed range) and loss.png into
@@ -15,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from imagen.lab.compare import from_sweep_dirs, from_wandb, write_comparison
+from imagen.lab.compare import archive_jobs, from_sweep_dirs, from_wandb, write_comparison
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--alignment", help="the alignment metric (x axis), e.g. judge/partial/all; default: the suite's"
     )
+    parser.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="also copy what the table reads of every job (job.json, metrics.csv, the metrics.json files) into "
+        "DIR/<job>/, a few kB each, to commit: compare_runs.py DIR rebuilds the table after multirun/ is gone",
+    )
     args = parser.parse_args(argv)
     try:
         if args.wandb:
-            if not args.group or args.sweeps:
-                raise ValueError("--wandb takes --group GROUP and no sweep folders")
+            if not args.group or args.sweeps or args.archive:
+                raise ValueError("--wandb takes --group GROUP and no sweep folders or --archive")
             records = from_wandb(args.wandb, args.group)
             out, title = Path(args.out or Path("compare") / args.group), args.title or args.group
         else:
@@ -40,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("give sweep folders (multirun/<ablation>) or --wandb ENTITY/PROJECT --group GROUP")
             records = from_sweep_dirs(args.sweeps)
             out, title = Path(args.out or args.sweeps[0]), args.title or Path(args.sweeps[0]).resolve().name
+            if args.archive:
+                archive_jobs(args.sweeps, args.archive)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from imagen.build import build_module
 from imagen.config import job_dirname
-from imagen.lab.compare import curve, from_sweep_dirs, from_wandb, markdown_table, write_comparison
+from imagen.lab.compare import archive_jobs, curve, from_sweep_dirs, from_wandb, markdown_table, write_comparison
 from imagen.lab.final_eval import combinations, plan
 from imagen.lab.job import global_rank, isolated_environment
 
@@ -361,6 +361,36 @@ def test_compare_runs_evaluation_arms(tmp_path):
     assert sorted({r.label for r in records}) == ["thresholding=dynamic", "thresholding=none"]
     paths = write_comparison(records, tmp_path / "out", "thr")
     assert paths["pareto"].is_file() and "thresholding=none | 2 |" in paths["markdown"].read_text()
+
+
+def test_archived_jobs_rebuild_the_same_comparison(tmp_path):
+    """archive_jobs keeps what the table reads; from_sweep_dirs reads the copy as it read the run folders."""
+    sweep = tmp_path / "multirun" / "thr"
+    combos = {"default": {}, "thresholding=none": {}}
+    for seed in (0, 1):
+        _fake_job(sweep, f"cond=a,seed={seed}", ["cond=a"], seed, [5.0 + seed, 9.0], [0.3, 0.2], evals=combos)
+        _fake_job(sweep, f"cond=b,seed={seed}", ["cond=b"], seed, [4.0, 7.0 + seed], [0.1, 0.5], evals=combos)
+    (sweep / "cond=a,seed=0" / "checkpoints").mkdir()
+    (sweep / "cond=a,seed=0" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    archive = tmp_path / "results" / "jobs"
+    archive_jobs([sweep], archive)
+    assert sorted(p.name for p in (archive / "cond=a,seed=0").iterdir()) == [
+        "job.json",
+        "metrics.csv",
+        "metrics.json",
+        "metrics_thresholding=none.json",
+    ]  # no checkpoints, no eval folders
+    strip = lambda records: sorted(  # noqa: E731
+        (r.label, r.seed, r.train_seconds, r.loss_curve, json.dumps(r.results)) for r in records
+    )
+    assert strip(from_sweep_dirs([archive])) == strip(from_sweep_dirs([sweep]))
+    assert markdown_table(from_sweep_dirs([archive])) == markdown_table(from_sweep_dirs([sweep]))
+    archive_jobs([archive], archive)  # archiving an archive in place changes nothing
+    assert strip(from_sweep_dirs([archive])) == strip(from_sweep_dirs([sweep]))
+    other = tmp_path / "other"
+    _fake_job(other, "cond=a,seed=0", ["cond=a"], 0, [1.0, 1.0], [0.1, 0.1])
+    with pytest.raises(ValueError, match="cond=a,seed=0 come from several folders"):
+        archive_jobs([sweep, other], tmp_path / "both")
 
 
 class _FakeRun(SimpleNamespace):

@@ -1,7 +1,8 @@
 """Compare the runs of an ablation sweep: a markdown table and pareto plots, with the spread across seeds.
 
 Two sources give the same records:
-- run folders (`from_sweep_dirs`): `multirun/<ablation>/<job>/job.json` and `<job>/eval/<combination>/metrics.json`;
+- run folders (`from_sweep_dirs`): `multirun/<ablation>/<job>/job.json` and `<job>/eval/<combination>/metrics.json`,
+  or their copies made by `archive_jobs` (committed under experiments/results/<ablation>/jobs/);
 - W&B (`from_wandb`): the train runs (job_type=train) and eval runs (job_type=eval) of one group.
 
 A record is one evaluation of one job: its arm (the settings that differ between the sweep's jobs, seed left out,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +80,58 @@ def _loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
-def from_sweep_dirs(sweep_dirs: list[str | Path]) -> list[Record]:
-    """Records from run folders (one or more sweep folders, or job folders)."""
+def _job_dirs(sweep_dirs: list[str | Path]) -> list[Path]:
+    """The job folders (with a job.json) of sweep folders or job folders."""
     jobs = []
     for d in map(Path, sweep_dirs):
         if not d.is_dir():
             raise FileNotFoundError(f"{d} is not a folder (give a sweep folder such as multirun/conditioning_tiny)")
-        found = [d] if (d / "job.json").is_file() else sorted(p.parent for p in d.glob("*/job.json"))
-        jobs += found
+        jobs += [d] if (d / "job.json").is_file() else sorted(p.parent for p in d.glob("*/job.json"))
     if not jobs:
         raise FileNotFoundError(f"no job.json under {', '.join(map(str, sweep_dirs))}: not a sweep of train.py -m")
+    return jobs
+
+
+def _evaluations(job: Path) -> list[tuple[str, Path]]:
+    """(name, metrics.json) of each evaluation of a job: `eval/<name>/metrics.json` in a run folder; in an archived
+    one (archive_jobs) `metrics.json` for the default evaluation and `metrics_<name>.json` for the others."""
+    found = [(p.parent.name, p) for p in sorted((job / "eval").glob("*/metrics.json"))]
+    if not found:
+        found = [
+            ("default" if p.name == "metrics.json" else p.stem.removeprefix("metrics_"), p)
+            for p in sorted(job.glob("metrics*.json"))
+        ]
+    return found
+
+
+def archive_jobs(sweep_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Copy what a comparison reads of each job into `out_dir/<job>/`: job.json, metrics.csv (the loss curve) and
+    every evaluation's metrics.json (as metrics.json / metrics_<name>.json). A few kB per job, small enough to commit
+    beside the tables so they can be rebuilt (`from_sweep_dirs([out_dir])`) after the run folders are gone."""
+    jobs = _job_dirs(sweep_dirs)
+    names = [job.name for job in jobs]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"jobs named {', '.join(twice)} come from several folders: archive each folder on its own")
+    out = []
+    for job in jobs:
+        dest = Path(out_dir) / job.name
+        if dest.resolve() == job.resolve():  # already archived here
+            out.append(dest)
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("job.json", "metrics.csv"):
+            if (job / name).is_file():
+                shutil.copyfile(job / name, dest / name)
+        for name, metrics in _evaluations(job):
+            shutil.copyfile(metrics, dest / ("metrics.json" if name == "default" else f"metrics_{name}.json"))
+        out.append(dest)
+    return out
+
+
+def from_sweep_dirs(sweep_dirs: list[str | Path]) -> list[Record]:
+    """Records from run folders (one or more sweep folders, or job folders), or from their archive_jobs copies."""
+    jobs = _job_dirs(sweep_dirs)
     infos = [json.loads((j / "job.json").read_text()) for j in jobs]
     # The group choices (cond=cross_attn, also when it was the default) and the command-line overrides.
     settings = [
@@ -107,13 +151,13 @@ def from_sweep_dirs(sweep_dirs: list[str | Path]) -> list[Record]:
             train_loss=info.get("train_loss"),
             loss_curve=_loss_curve(job / "metrics.csv"),
         )
-        evals = sorted(p.parent for p in (job / "eval").glob("*/metrics.json"))
+        evals = _evaluations(job)
         if not evals:
             records.append(Record(arm=arm, **base))
-        for e in evals:
-            metrics = json.loads((e / "metrics.json").read_text())
-            combo = info.get("evals", {}).get(e.name, {}).get("overrides")
-            combo = combo if combo is not None else dict(_parse_override(o) for o in e.name.split(",") if "=" in o)
+        for name, path in evals:
+            metrics = json.loads(path.read_text())
+            combo = info.get("evals", {}).get(name, {}).get("overrides")
+            combo = combo if combo is not None else dict(_parse_override(o) for o in name.split(",") if "=" in o)
             records.append(
                 Record(
                     arm={**arm, **{k: str(v) for k, v in combo.items()}},
