@@ -17,10 +17,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from imagen.build import instantiate as build_instantiate
+from imagen.build import instantiate
 from imagen.cascade.cascade import generate_cascade
 from imagen.checkpoint import load_cascade, thresholding_config
 from imagen.cli import check_overrides, read_prompts, run_script
@@ -57,7 +56,7 @@ def trace(cfg: DictConfig, out_dir: Path) -> Path:
     base = cascade.settings[0]
     for name in names:
         for w in cfg.guidances:
-            traced = TracedThresholding(build_instantiate(configs[name]), cfg.percentile)
+            traced = TracedThresholding(instantiate(configs[name]), cfg.percentile)
             cascade.settings[0] = replace(base, guidance=float(w), thresholding=traced)
             images = generate_cascade(cascade, captions, cfg.seed, cfg.batch_size, progress=False)[-1]
             label = f"{name} w={float(w):g}"
